@@ -1,0 +1,5 @@
+//! corewire benchmarks. Every figure is reported next to a baseline measured in the same run,
+//! as a ratio: this machine is shared and noisy, so absolute numbers mean little.
+
+pub mod report;
+pub mod runtime_bench;
