@@ -1,6 +1,8 @@
 //! Runtime benchmarks (issue: foundation), each beside its baseline:
-//! - cross-core submit → run → reply round trip: corewire `submit_to` vs a tokio multi-thread
-//!   runtime (spawn + oneshot reply) vs a crossbeam channel pair between two pinned threads;
+//! - cross-core submit → run → reply round trip: corewire `submit_to` vs tokio (spawn onto a
+//!   runtime pinned to the other core + oneshot reply; and, for reference, tokio's usual
+//!   same-worker spawn, which never crosses cores) vs a crossbeam channel pair between two
+//!   pinned threads;
 //! - TCP 64-byte ping-pong over 127.0.0.1 between two pinned cores: corewire (io_uring, busy
 //!   polling) vs one tokio current-thread runtime per core, each thread pinned.
 
@@ -109,7 +111,38 @@ pub fn cross_core(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
     ));
     rt.shutdown().map_err(io::Error::other)?;
 
-    // tokio multi-thread: spawn a task that replies through a oneshot.
+    // tokio, cross-core: a requester on its own current-thread runtime (pinned to cpu a) spawns
+    // onto a one-worker multi-thread runtime pinned to cpu b, which replies through a oneshot.
+    let (a, b) = bench_cpus();
+    let worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || pin(b))
+        .build()?;
+    let wh = worker.handle().clone();
+    let c = cfg.clone();
+    let (n, el, hist) = std::thread::spawn(move || -> io::Result<_> {
+        pin(a);
+        let req = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(req.block_on(timed_loop(&c, || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            wh.spawn(async move {
+                let _ = tx.send(());
+            });
+            async move { rx.await.expect("reply") }
+        })))
+    })
+    .join()
+    .map_err(|_| io::Error::other("tokio requester panicked"))??;
+    rows.push(Row::new(
+        "tokio spawn to other core+oneshot",
+        n,
+        el,
+        Some(&hist),
+    ));
+    drop(worker);
+
+    // tokio multi-thread, as usually written: the spawned task lands in the spawning worker's
+    // LIFO slot and runs on the same thread, so this is not a cross-core hop (reference only).
     let trt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()?;
@@ -130,7 +163,7 @@ pub fn cross_core(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
         })
         .map_err(io::Error::other)?;
     rows.push(Row::new(
-        "tokio multi-thread spawn+oneshot",
+        "(tokio spawn, same worker: ref.)",
         n,
         el,
         Some(&hist),
@@ -138,7 +171,6 @@ pub fn cross_core(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
     drop(trt);
 
     // crossbeam: request/reply channels between two pinned plain threads.
-    let (a, b) = bench_cpus();
     let (req_tx, req_rx) = crossbeam_channel::bounded::<()>(1);
     let (rep_tx, rep_rx) = crossbeam_channel::bounded::<()>(1);
     let server = std::thread::spawn(move || {
@@ -163,6 +195,50 @@ pub fn cross_core(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
         .map_err(|_| io::Error::other("client panicked"))?;
     let _ = server.join();
     rows.push(Row::new("crossbeam channel, 2 threads", n, el, Some(&hist)));
+
+    // Hardware floor: two pinned threads spinning on one shared atomic (no queue, no
+    // allocation, no task). Any cross-core hop costs at least this.
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f2 = flag.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        pin(b);
+        let mut seen = 0;
+        while !stop2.load(Relaxed) {
+            let v = f2.load(Acquire);
+            if v != seen && v % 2 == 1 {
+                f2.store(v + 1, Release);
+                seen = v + 1;
+            }
+            std::hint::spin_loop();
+        }
+    });
+    let c = cfg.clone();
+    let (n, el, hist) = std::thread::spawn(move || {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        pin(a);
+        let mut v = 0u64;
+        futures_lite_block_on(timed_loop(&c, || {
+            flag.store(v + 1, Release);
+            while flag.load(Acquire) != v + 2 {
+                std::hint::spin_loop();
+            }
+            v += 2;
+            std::future::ready(())
+        }))
+    })
+    .join()
+    .map_err(|_| io::Error::other("floor thread panicked"))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = echo.join();
+    rows.push(Row::new(
+        "(floor: 2 spinning threads, 1 atomic)",
+        n,
+        el,
+        Some(&hist),
+    ));
 
     Ok(Group {
         title: "cross-core submit → run → reply round trip".into(),
@@ -274,21 +350,27 @@ pub fn tcp_pingpong(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
             .enable_all()
             .build()?;
         trt.block_on(async move {
-            let s = std::rc::Rc::new(tokio::sync::Mutex::new(
-                tokio::net::TcpStream::connect(addr).await?,
-            ));
-            s.lock().await.set_nodelay(true)?;
-            let r = timed_loop(&c, || {
-                let s = s.clone();
-                async move {
-                    let mut s = s.lock().await;
-                    let mut buf = [7u8; 4096];
-                    s.write_all(&buf[..size]).await.expect("write");
-                    s.read_exact(&mut buf[..size]).await.expect("read");
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![7u8; size];
+            for _ in 0..c.warmup {
+                s.write_all(&buf).await?;
+                s.read_exact(&mut buf).await?;
+            }
+            let mut h = histogram();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            loop {
+                let t = Instant::now();
+                s.write_all(&buf).await?;
+                s.read_exact(&mut buf).await?;
+                let now = Instant::now();
+                let _ = h.record((now - t).as_nanos().max(1) as u64);
+                n += 1;
+                if n % 64 == 0 && now - t0 >= c.duration {
+                    return Ok((n, now - t0, h));
                 }
-            })
-            .await;
-            Ok(r)
+            }
         })
     });
     let (n, el, hist) = client

@@ -25,6 +25,9 @@ pub struct Config {
     pub task_budget: usize,
     /// Most external (cross-core) closures run per iteration. Default: 256.
     pub event_budget: usize,
+    /// Slots (64 bytes each) in each core-to-core ring; a full ring spills into the sender's
+    /// local FIFO. Default: 256.
+    pub cross_core_queue_depth: usize,
     /// Pin each core's thread to its CPU. Default: true.
     pub pin: bool,
     /// Thread name prefix; core `i` is named `{prefix}-{i}`. Default: `"corewire"`.
@@ -41,6 +44,7 @@ impl Default for Config {
             ring_entries: 256,
             task_budget: 64,
             event_budget: 256,
+            cross_core_queue_depth: 256,
             pin: true,
             thread_name: "corewire".to_string(),
             panic_hook: None,
@@ -56,6 +60,7 @@ impl std::fmt::Debug for Config {
             .field("ring_entries", &self.ring_entries)
             .field("task_budget", &self.task_budget)
             .field("event_budget", &self.event_budget)
+            .field("cross_core_queue_depth", &self.cross_core_queue_depth)
             .field("pin", &self.pin)
             .field("thread_name", &self.thread_name)
             .field("panic_hook", &self.panic_hook.is_some())
@@ -105,6 +110,11 @@ impl RuntimeBuilder {
         self.config.event_budget = n;
         self
     }
+    /// Slots in each core-to-core ring.
+    pub fn cross_core_queue_depth(mut self, n: usize) -> Self {
+        self.config.cross_core_queue_depth = n;
+        self
+    }
     /// Whether to pin core threads to their CPUs.
     pub fn pin(mut self, on: bool) -> Self {
         self.config.pin = on;
@@ -131,9 +141,9 @@ impl RuntimeBuilder {
                 c.ring_entries
             )));
         }
-        if c.task_budget == 0 || c.event_budget == 0 {
+        if c.task_budget == 0 || c.event_budget == 0 || c.cross_core_queue_depth == 0 {
             return Err(RuntimeError::Config(
-                "task_budget and event_budget must be > 0".into(),
+                "task_budget, event_budget and cross_core_queue_depth must be > 0".into(),
             ));
         }
         Runtime::start(self.config)

@@ -5,7 +5,8 @@
 //! 2. **External events**: run closures submitted from other threads (`submit_to`), at most
 //!    `event_budget` of them.
 //! 3. **Remote wake-ups**: move tasks woken from other threads onto the local run queue.
-//! 4. **Tasks**: run at most `task_budget` ready tasks.
+//! 4. **Tasks**: run at most `task_budget` ready tasks, then flush closures this core queued
+//!    for other cores while their rings were full.
 //! 5. **Pollers**: poll every registered poller once (the io_uring poller first: it flushes the
 //!    submissions made by phases 1-4 in one system call, then reaps completions from user memory).
 //! 6. **Idle handling**: if no phase found work, keep spinning until `spin_before_park` has
@@ -17,7 +18,8 @@
 //! Shutdown is checked at the top of every iteration and between external closures; work
 //! still queued then is dropped, not run.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -29,7 +31,7 @@ use crate::error::Result;
 use crate::executor::{report_panic, Executor, PanicReport};
 use crate::poller::{Poller, PollerEntry, PollerSet};
 use crate::runtime::RuntimeShared;
-use crate::shared::CoreShared;
+use crate::shared::{CoreShared, ExternalJob};
 use crate::timer::Timers;
 use crate::uring::Uring;
 
@@ -76,13 +78,19 @@ pub(crate) struct Core {
     timers: Timers,
     pollers: PollerSet,
     uring: Rc<Uring>,
+    /// Closures for core `i` waiting for room in its ring from this core, in order.
+    outbound: RefCell<Vec<VecDeque<ExternalJob>>>,
+    outbound_pending: Cell<usize>,
 }
 
 impl Core {
     pub(crate) fn new(rt: Arc<RuntimeShared>, id: usize) -> Result<Core> {
         let shared = rt.cores[id].clone();
         let uring = Rc::new(Uring::new(rt.config.ring_entries)?);
+        let ncores = rt.cores.len();
         let core = Core {
+            outbound: RefCell::new((0..ncores).map(|_| VecDeque::new()).collect()),
+            outbound_pending: Cell::new(0),
             rt,
             shared,
             executor: Executor::default(),
@@ -117,6 +125,60 @@ impl Core {
     }
     pub(crate) fn panic_hook(&self) -> Option<&(dyn Fn(&PanicReport) + Send + Sync)> {
         self.rt.config.panic_hook.as_deref()
+    }
+
+    /// Queue `job` for `target` through this core's ring to it (or the local overflow FIFO).
+    pub(crate) fn send_external(&self, target: &CoreShared, job: ExternalJob) {
+        let mut ob = self.outbound.borrow_mut();
+        let q = &mut ob[target.id];
+        if q.is_empty() {
+            match target.from_cores[self.id()].push(job) {
+                Ok(()) => {
+                    target.notify();
+                    return;
+                }
+                Err(job) => q.push_back(job),
+            }
+        } else {
+            q.push_back(job);
+        }
+        self.outbound_pending.set(self.outbound_pending.get() + 1);
+    }
+
+    /// Move overflowed closures into their rings, in order. Returns whether any moved.
+    fn flush_outbound(&self) -> bool {
+        if self.outbound_pending.get() == 0 {
+            return false;
+        }
+        let mut moved = false;
+        let mut ob = self.outbound.borrow_mut();
+        for (target, q) in ob.iter_mut().enumerate() {
+            let t = &self.rt.cores[target];
+            let ring = &t.from_cores[self.id()];
+            let mut pushed = false;
+            while let Some(job) = q.pop_front() {
+                if t.closed.load(Ordering::Relaxed) {
+                    drop(job); // awaiters see Shutdown
+                    self.outbound_pending.set(self.outbound_pending.get() - 1);
+                    continue;
+                }
+                match ring.push(job) {
+                    Ok(()) => {
+                        pushed = true;
+                        self.outbound_pending.set(self.outbound_pending.get() - 1);
+                    }
+                    Err(job) => {
+                        q.push_front(job);
+                        break;
+                    }
+                }
+            }
+            if pushed {
+                t.notify();
+                moved = true;
+            }
+        }
+        moved
     }
 
     pub(crate) fn register_poller(&self, p: Rc<dyn Poller>) -> u64 {
@@ -154,12 +216,15 @@ impl Core {
             }
             // 2. external events
             work |= self.run_external(cfg.event_budget) > 0;
-            // 3. remote wake-ups
-            while let Some(r) = self.shared.remote_runnables.pop() {
-                self.executor.run_queue.borrow_mut().push_back(r);
+            // 3. remote wake-ups (`is_empty` first: an empty `SegQueue::pop` issues a fence)
+            if !self.shared.remote_runnables.is_empty() {
+                while let Some(r) = self.shared.remote_runnables.pop() {
+                    self.executor.run_queue.borrow_mut().push_back(r);
+                }
             }
-            // 4. tasks
+            // 4. tasks, then overflowed cross-core closures
             work |= self.run_tasks(cfg.task_budget) > 0;
+            work |= self.flush_outbound();
             // 5. pollers
             let pollers = self.pollers.snapshot();
             for e in pollers.iter() {
@@ -198,14 +263,27 @@ impl Core {
 
     fn run_external(&self, budget: usize) -> usize {
         let mut n = 0;
-        while n < budget && !self.shared.stop.load(Ordering::Relaxed) {
+        let run = |job: ExternalJob| {
+            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| job.run())) {
+                report_panic(self, payload);
+            }
+        };
+        for ring in self.shared.from_cores.iter() {
+            while n < budget && !self.shared.stop.load(Ordering::Relaxed) {
+                let Some(job) = ring.pop() else { break };
+                n += 1;
+                run(job);
+            }
+        }
+        while n < budget
+            && !self.shared.external.is_empty()
+            && !self.shared.stop.load(Ordering::Relaxed)
+        {
             let Some(job) = self.shared.external.pop() else {
                 break;
             };
             n += 1;
-            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(job)) {
-                report_panic(self, payload);
-            }
+            run(job);
         }
         if n > 0 {
             self.shared.counters.external_events.add(n as u64);
@@ -240,7 +318,10 @@ impl Core {
             }
             entered += 1;
         }
-        if entered < pollers.len() || !self.executor.run_queue.borrow().is_empty() {
+        if entered < pollers.len()
+            || !self.executor.run_queue.borrow().is_empty()
+            || self.outbound_pending.get() > 0
+        {
             for e in &pollers[..entered] {
                 e.poller.exit_interrupt_mode();
             }
@@ -296,10 +377,12 @@ impl Core {
                 drop(r);
                 progressed = true;
             }
-            while let Some(job) = self.shared.external.pop() {
-                drop(job);
-                progressed = true;
+            progressed |= self.shared.drop_external();
+            for q in self.outbound.borrow_mut().iter_mut() {
+                progressed |= !q.is_empty();
+                q.clear();
             }
+            self.outbound_pending.set(0);
             self.timers.clear();
             if !progressed && self.executor.active.borrow().is_empty() {
                 break;
@@ -309,9 +392,7 @@ impl Core {
         while let Some(r) = self.shared.remote_runnables.pop() {
             drop(r);
         }
-        while let Some(job) = self.shared.external.pop() {
-            drop(job);
-        }
+        self.shared.drop_external();
         self.pollers.clear();
         self.uring.shutdown(Duration::from_secs(2));
     }

@@ -48,6 +48,7 @@ mod builder;
 mod core;
 pub mod error;
 mod executor;
+mod job;
 pub mod net;
 mod poller;
 mod runtime;
@@ -56,6 +57,7 @@ mod stats;
 pub mod timer;
 pub mod topology;
 mod uring;
+mod xq;
 
 pub use crate::builder::{Config, PanicHook, RuntimeBuilder};
 pub use crate::core::{current_core, debug_assert_on_core};

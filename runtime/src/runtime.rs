@@ -29,6 +29,8 @@ pub(crate) struct RuntimeShared {
 }
 
 impl RuntimeShared {
+    /// Queue a closure for `core`: through the caller's core-pair ring when the caller is a
+    /// core of this runtime, through the shared unbounded queue otherwise.
     pub(crate) fn push_external(&self, core: usize, job: ExternalJob) -> Result<()> {
         let c = self.cores.get(core).ok_or(RuntimeError::NoSuchCore {
             core,
@@ -37,16 +39,24 @@ impl RuntimeShared {
         if self.closed.load(SeqCst) || c.closed.load(SeqCst) {
             return Err(RuntimeError::Shutdown { core });
         }
-        c.external.push(job);
+        let mut job = Some(job);
+        with_core(|me| {
+            if std::ptr::eq(&**me.runtime(), self) {
+                if let Some(j) = job.take() {
+                    me.send_external(c, j);
+                }
+            }
+        });
+        if let Some(j) = job {
+            c.external.push(j);
+            c.notify();
+        }
         if c.closed.load(SeqCst) {
             // The core finished draining: drop what is left here (jobs are Send), so their
             // awaiters see Shutdown instead of waiting forever.
-            while let Some(j) = c.external.pop() {
-                drop(j);
-            }
+            c.drop_external();
             return Err(RuntimeError::Shutdown { core });
         }
-        c.notify();
         Ok(())
     }
 }
@@ -82,7 +92,9 @@ impl Runtime {
         let cores = cpus
             .iter()
             .enumerate()
-            .map(|(i, &cpu)| CoreShared::new(i, cpu).map(Arc::new))
+            .map(|(i, &cpu)| {
+                CoreShared::new(i, cpu, cpus.len(), config.cross_core_queue_depth).map(Arc::new)
+            })
             .collect::<Result<Vec<_>>>()?;
         let rt = Arc::new(RuntimeShared {
             cores,
@@ -246,7 +258,7 @@ impl Handle {
     /// Push a closure onto `core`'s external queue (Ceph's `dispatch_event_external`).
     /// Fire-and-forget: a panic in `f` is caught, logged and counted on that core.
     pub fn submit_detached(&self, core: usize, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        self.push_external(core, Box::new(f))
+        self.push_external(core, ExternalJob::new(f))
     }
 
     fn push_external(&self, core: usize, job: ExternalJob) -> Result<()> {
@@ -261,7 +273,7 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(move || {
+        let job = ExternalJob::new(move || {
             let r = std::panic::catch_unwind(AssertUnwindSafe(f))
                 .map_err(|p| with_core(|c| report_panic(c, p)).unwrap_or_else(|| "panic".into()));
             let _ = tx.send(r);
@@ -296,7 +308,7 @@ impl Handle {
                 drop(task); // detached: the output goes through the oneshot
             });
         };
-        if let Err(e) = self.push_external(core, Box::new(job)) {
+        if let Err(e) = self.push_external(core, ExternalJob::new(job)) {
             return JoinHandle::failed(e, core);
         }
         JoinHandle::remote(rx, core)

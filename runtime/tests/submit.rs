@@ -92,3 +92,42 @@ fn cross_core_ping_pong_between_cores() {
     assert_eq!(out.unwrap(), (0..10_000u64).map(|i| i * 2).sum());
     rt.shutdown().unwrap();
 }
+
+#[test]
+fn full_core_to_core_ring_spills_in_order() {
+    common::init_tracing();
+    let n = corewire_runtime::affinity::allowed_cpus()
+        .unwrap()
+        .len()
+        .min(2);
+    let rt = corewire_runtime::Runtime::builder()
+        .cores(n)
+        .cross_core_queue_depth(2)
+        .build()
+        .unwrap();
+    let target = rt.cores() - 1;
+    let h = rt.handle();
+    const ITEMS: u64 = 10_000;
+    // Core 0 fires closures at `target` far faster than a 2-slot ring drains.
+    rt.block_on(rt.spawn_on(0, move || async move {
+        for i in 0..ITEMS {
+            h.submit_detached(target, move || {
+                SEEN.with(|m| m.borrow_mut().entry(usize::MAX).or_default().push(i));
+            })
+            .unwrap();
+        }
+        // Submitted after all of the above from the same core: runs after them.
+        h.submit_to(target, || {
+            SEEN.with(|m| m.borrow().get(&usize::MAX).cloned())
+        })
+        .await
+        .unwrap()
+    }))
+    .map(|seen| {
+        let seen = seen.expect("items arrived");
+        assert_eq!(seen.len() as u64, ITEMS);
+        assert!(seen.iter().copied().eq(0..ITEMS), "out of order");
+    })
+    .unwrap();
+    rt.shutdown().unwrap();
+}
