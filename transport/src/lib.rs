@@ -1,7 +1,15 @@
 //! # corewire-transport
 //!
-//! Transport stacks under one interface: `tcp`, `shm` (intra-host shared memory) and `rdma`.
-//! Work in progress: the shared-memory ring and region are in place; the stack interface,
-//! the TCP stack and the shm stack land with the transports issue.
+//! Transport stacks under one interface ([`stack`]): `tcp`, `shm` (intra-host shared memory)
+//! and `rdma`, each instantiated per core and shared-nothing, as Ceph's `NetworkStack` chosen
+//! by `ms_type`. Addresses: [`Address`]. Errors: [`TransportError`].
 
+pub mod addr;
+pub mod error;
+pub mod sendq;
 pub mod shm;
+pub mod stack;
+
+pub use addr::{Address, RdmaOptions, TransportKind};
+pub use error::{Result, TransportError};
+pub use stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};

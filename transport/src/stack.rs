@@ -1,0 +1,126 @@
+//! The stack interface every transport implements (Ceph's `NetworkStack`, per core and
+//! shared-nothing).
+//!
+//! A [`Transport`] is instantiated on each core. Its listeners and endpoints live on the core
+//! that created them (asserted in debug builds); their futures are `!Send`.
+//!
+//! # Endpoint semantics
+//! An endpoint is an ordered, reliable byte stream in both directions, sent and received as
+//! chunks of [`Bytes`]:
+//! - [`Endpoint::send`] queues a scatter/gather list of buffers (sent back to back, in order)
+//!   in the endpoint's bounded send queue and waits for room when it is full;
+//!   [`Endpoint::try_send`] fails at once with [`TransportError::Full`] instead. Memory never
+//!   grows without bound. Buffers from [`Endpoint::alloc`] may be registered memory (RDMA,
+//!   shared memory), which makes the send zero-copy.
+//! - [`Endpoint::recv`] returns the next chunk of the stream, as received (a pool buffer, not
+//!   copied). Chunk boundaries are not message boundaries: framing is the user's (the
+//!   messenger's msgr2 frames, or [`crate::framed`]).
+//! - Errors are typed: [`TransportError::Reset`] (peer died, reset, corrupt shared state),
+//!   [`TransportError::PeerClosed`] (orderly half-close by the peer), [`TransportError::Timeout`],
+//!   each carrying the peer's address.
+//!
+//! # Hand-off between cores
+//! The messenger shards connections by peer, so an endpoint accepted on one core may have to
+//! live on another. [`Endpoint::into_transfer`] turns a quiescent endpoint (no send queued,
+//! no receive in flight) into a `Send` [`Endpoint::Transfer`]; moving that to the target core
+//! (e.g. inside `Handle::submit_to`) and calling [`Transfer::attach`] there gives an endpoint
+//! owned by the target core. Bytes already received but not yet returned by `recv` travel
+//! with it. An endpoint that is not quiescent is refused with
+//! [`TransportError::WrongState`] and left usable.
+
+use std::future::Future;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::addr::{Address, TransportKind};
+use crate::error::Result;
+
+/// A per-core transport stack.
+pub trait Transport: 'static {
+    /// Its listener type.
+    type Listener: Listener<Endpoint = Self::Endpoint>;
+    /// Its endpoint type.
+    type Endpoint: Endpoint;
+
+    /// Which transport this is.
+    fn kind(&self) -> TransportKind;
+    /// Listen on `addr`.
+    fn listen(&self, addr: &Address) -> impl Future<Output = Result<Self::Listener>>;
+    /// Connect to `addr`.
+    fn connect(&self, addr: &Address) -> impl Future<Output = Result<Self::Endpoint>>;
+}
+
+/// A listening endpoint.
+pub trait Listener {
+    /// The endpoint type it accepts.
+    type Endpoint: Endpoint;
+    /// Accept the next connection.
+    fn accept(&self) -> impl Future<Output = Result<Self::Endpoint>>;
+    /// The address peers connect to (with the real port when bound to port 0).
+    fn local_addr(&self) -> Address;
+}
+
+/// A connected endpoint: see the module docs.
+pub trait Endpoint: Sized {
+    /// A `Send` form of a quiescent endpoint, for moving it to another core.
+    type Transfer: Transfer<Endpoint = Self> + Send + 'static;
+
+    /// Queue `bufs` for sending, waiting for room in the bounded send queue.
+    fn send(&self, bufs: Vec<Bytes>) -> impl Future<Output = Result<()>>;
+    /// Queue `bufs` only if there is room now; otherwise `Full`, and the buffers come back.
+    fn try_send(
+        &self,
+        bufs: Vec<Bytes>,
+    ) -> std::result::Result<(), (crate::TransportError, Vec<Bytes>)>;
+    /// Wait until everything queued so far has been handed to the kernel or the NIC.
+    fn flush(&self) -> impl Future<Output = Result<()>>;
+    /// The next chunk of the incoming stream.
+    fn recv(&self) -> impl Future<Output = Result<Bytes>>;
+    /// Flush, then close the sending side (the peer's `recv` then reports `PeerClosed`).
+    fn shutdown(&self) -> impl Future<Output = Result<()>>;
+    /// Close at once, dropping anything queued; the peer sees a reset or end of stream.
+    fn abort(&self);
+    /// A buffer for a zero-copy send (registered memory where the transport has it).
+    fn alloc(&self, len: usize) -> BytesMut;
+    /// The peer's address.
+    fn peer_addr(&self) -> &Address;
+    /// The local address.
+    fn local_addr(&self) -> &Address;
+    /// Bytes currently queued for sending.
+    fn queued_bytes(&self) -> usize;
+    /// Detach a quiescent endpoint for a move to another core.
+    fn into_transfer(self) -> std::result::Result<Self::Transfer, (crate::TransportError, Self)>;
+}
+
+/// A detached endpoint; see [`Endpoint::into_transfer`].
+pub trait Transfer {
+    /// The endpoint type it re-creates.
+    type Endpoint;
+    /// Re-create the endpoint on the current core.
+    fn attach(self) -> Result<Self::Endpoint>;
+}
+
+/// Limits every endpoint applies. Fields document their defaults.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Most bytes queued for sending before `send` waits. Default: 4 MiB + 64 KiB (one
+    /// 4 MiB message always fits).
+    pub send_queue_bytes: usize,
+    /// Most buffers queued for sending before `send` waits. Default: 4096.
+    pub send_queue_bufs: usize,
+    /// Size of the receive pool buffers reads land in. Default: 64 KiB.
+    pub recv_buf_size: usize,
+    /// Connect timeout. Default: 10 s.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            send_queue_bytes: (4 << 20) + (64 << 10),
+            send_queue_bufs: 4096,
+            recv_buf_size: 64 << 10,
+            connect_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
