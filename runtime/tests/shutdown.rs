@@ -122,6 +122,11 @@ fn panicking_tasks_are_reported() {
     }
     // The core keeps working.
     assert_eq!(rt.block_on(rt.submit_to(0, || 1 + 1)).unwrap(), 2);
+    // The detached task runs in a later loop phase than the closures: wait for its report.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rt.stats(0).unwrap().tasks_panicked < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let msgs = reports.lock().unwrap().clone();
     for m in [
         "boom in task",

@@ -5,11 +5,15 @@
 //! by `ms_type`. Addresses: [`Address`]. Errors: [`TransportError`].
 
 pub mod addr;
+pub mod any;
 pub mod error;
+pub mod framed;
 pub mod sendq;
 pub mod shm;
 pub mod stack;
+pub mod tcp;
 
 pub use addr::{Address, RdmaOptions, TransportKind};
+pub use any::{connect_any, AnyEndpoint, AnyListener, AnyTransfer, AnyTransport};
 pub use error::{Result, TransportError};
 pub use stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};

@@ -126,6 +126,13 @@ impl TcpStream {
         unsafe { std::net::TcpStream::from_raw_fd(self.sock.fd.into_raw_fd()) }
     }
 
+    /// A duplicate of the socket as a std stream (the connection stays open until both are
+    /// closed), e.g. to hand it to another core while this one winds down.
+    pub fn try_clone_std(&self) -> io::Result<std::net::TcpStream> {
+        let fd = self.sock.fd.try_clone()?;
+        Ok(std::net::TcpStream::from(fd))
+    }
+
     fn sock2(&self) -> socket2::SockRef<'_> {
         socket2::SockRef::from(&self.sock.fd)
     }

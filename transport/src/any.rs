@@ -1,0 +1,149 @@
+//! Type-erased stacks: [`AnyTransport`], [`AnyListener`], [`AnyEndpoint`], picked by address
+//! (Ceph's `ms_type`). The messenger uses these so one messenger serves every transport.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::addr::{Address, TransportKind};
+use crate::error::{Result, TransportError};
+use crate::stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
+use crate::tcp::{TcpEndpoint, TcpListener, TcpTransfer, TcpTransport};
+
+/// One of the transport stacks.
+#[derive(Debug, Clone)]
+pub enum AnyTransport {
+    Tcp(TcpTransport),
+}
+
+impl AnyTransport {
+    /// The stack serving `kind`, with endpoint limits `cfg`.
+    pub fn for_kind(kind: TransportKind, cfg: EndpointConfig) -> Result<AnyTransport> {
+        match kind {
+            TransportKind::Tcp => Ok(AnyTransport::Tcp(TcpTransport::new(cfg))),
+            TransportKind::Shm => Err(TransportError::Unavailable {
+                what: "the shm stack is not built into AnyTransport yet".into(),
+            }),
+            TransportKind::Rdma => Err(TransportError::Unavailable {
+                what: "the rdma stack is not implemented yet (needs the `rdma` feature and \
+                       the RDMA issue's verbs layer)"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// Connect to `addr` with the matching stack and default limits.
+pub async fn connect_any(addr: &Address) -> Result<AnyEndpoint> {
+    AnyTransport::for_kind(addr.kind(), EndpointConfig::default())?
+        .connect(addr)
+        .await
+}
+
+/// A listener of any stack.
+pub enum AnyListener {
+    Tcp(TcpListener),
+}
+
+/// An endpoint of any stack.
+pub enum AnyEndpoint {
+    Tcp(TcpEndpoint),
+}
+
+/// A transfer of any stack.
+pub enum AnyTransfer {
+    Tcp(TcpTransfer),
+}
+
+impl Transport for AnyTransport {
+    type Listener = AnyListener;
+    type Endpoint = AnyEndpoint;
+
+    fn kind(&self) -> TransportKind {
+        match self {
+            AnyTransport::Tcp(t) => t.kind(),
+        }
+    }
+    async fn listen(&self, addr: &Address) -> Result<AnyListener> {
+        match self {
+            AnyTransport::Tcp(t) => t.listen(addr).await.map(AnyListener::Tcp),
+        }
+    }
+    async fn connect(&self, addr: &Address) -> Result<AnyEndpoint> {
+        match self {
+            AnyTransport::Tcp(t) => t.connect(addr).await.map(AnyEndpoint::Tcp),
+        }
+    }
+}
+
+impl Listener for AnyListener {
+    type Endpoint = AnyEndpoint;
+    async fn accept(&self) -> Result<AnyEndpoint> {
+        match self {
+            AnyListener::Tcp(l) => l.accept().await.map(AnyEndpoint::Tcp),
+        }
+    }
+    fn local_addr(&self) -> Address {
+        match self {
+            AnyListener::Tcp(l) => l.local_addr(),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:expr, $e:ident => $body:expr) => {
+        match $self {
+            AnyEndpoint::Tcp($e) => $body,
+        }
+    };
+}
+
+impl Endpoint for AnyEndpoint {
+    type Transfer = AnyTransfer;
+
+    async fn send(&self, bufs: Vec<Bytes>) -> Result<()> {
+        each!(self, e => e.send(bufs).await)
+    }
+    fn try_send(&self, bufs: Vec<Bytes>) -> std::result::Result<(), (TransportError, Vec<Bytes>)> {
+        each!(self, e => e.try_send(bufs))
+    }
+    async fn flush(&self) -> Result<()> {
+        each!(self, e => e.flush().await)
+    }
+    async fn recv(&self) -> Result<Bytes> {
+        each!(self, e => e.recv().await)
+    }
+    async fn shutdown(&self) -> Result<()> {
+        each!(self, e => e.shutdown().await)
+    }
+    fn abort(&self) {
+        each!(self, e => e.abort())
+    }
+    fn alloc(&self, len: usize) -> BytesMut {
+        each!(self, e => e.alloc(len))
+    }
+    fn peer_addr(&self) -> &Address {
+        each!(self, e => e.peer_addr())
+    }
+    fn local_addr(&self) -> &Address {
+        each!(self, e => e.local_addr())
+    }
+    fn queued_bytes(&self) -> usize {
+        each!(self, e => e.queued_bytes())
+    }
+    fn into_transfer(self) -> std::result::Result<AnyTransfer, (TransportError, Self)> {
+        match self {
+            AnyEndpoint::Tcp(e) => e
+                .into_transfer()
+                .map(AnyTransfer::Tcp)
+                .map_err(|(err, e)| (err, AnyEndpoint::Tcp(e))),
+        }
+    }
+}
+
+impl Transfer for AnyTransfer {
+    type Endpoint = AnyEndpoint;
+    fn attach(self) -> Result<AnyEndpoint> {
+        match self {
+            AnyTransfer::Tcp(t) => t.attach().map(AnyEndpoint::Tcp),
+        }
+    }
+}

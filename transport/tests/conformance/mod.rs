@@ -1,0 +1,545 @@
+#![allow(dead_code)]
+//! The transport conformance suite: written once, run over every stack through
+//! [`conformance_tests!`]. Each test runs a two-core runtime: the server on the last core,
+//! the client on core 0.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corewire_runtime::{spawn_local, timer, Runtime};
+use corewire_transport::framed::{header, Framed, HEADER_LEN};
+use corewire_transport::{
+    Address, Endpoint, EndpointConfig, Listener, Transfer, Transport, TransportError,
+};
+
+/// What the suite needs from a stack.
+pub trait Harness: Clone + Send + Sync + 'static {
+    type T: Transport;
+    /// A stack instance for the calling core, with `cfg`.
+    fn transport(&self, cfg: EndpointConfig) -> Self::T;
+    /// A fresh address to listen on (unique per call).
+    fn listen_addr(&self) -> Address;
+}
+
+pub fn runtime() -> Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let n = corewire_runtime::affinity::allowed_cpus()
+        .unwrap()
+        .len()
+        .min(2);
+    Runtime::builder()
+        .cores(n)
+        .spin_before_park(Duration::from_micros(20))
+        .build()
+        .unwrap()
+}
+
+/// Deterministic payload for message `i` of `len` bytes.
+pub fn payload(i: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|k| (k.wrapping_mul(31) ^ i.wrapping_mul(7919)) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+const MAX_FRAME: usize = 8 << 20;
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Start a server on the last core: listen, report the address, run `serve` per accepted
+/// endpoint (each in its own task) until `accepts` endpoints were accepted.
+fn serve<H, F, Fut>(rt: &Runtime, h: &H, cfg: EndpointConfig, accepts: usize, serve: F) -> Address
+where
+    H: Harness,
+    F: Fn(<H::T as Transport>::Endpoint) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h2 = h.clone();
+    let core = rt.cores() - 1;
+    rt.spawn_on(core, move || async move {
+        let t = h2.transport(cfg);
+        let l = t.listen(&h2.listen_addr()).await.expect("listen");
+        tx.send(l.local_addr()).expect("report address");
+        for _ in 0..accepts {
+            let ep = l.accept().await.expect("accept");
+            spawn_local((serve.clone())(ep)).detach();
+        }
+        // Keep the listener until the runtime stops.
+        std::future::pending::<()>().await;
+    })
+    .detach();
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("server address")
+}
+
+/// Run `f` on core 0 with the stack and wait for its result.
+fn client<H, F, Fut, R>(rt: &Runtime, h: &H, cfg: EndpointConfig, f: F) -> R
+where
+    H: Harness,
+    F: FnOnce(H::T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let h2 = h.clone();
+    let r = rt.block_on(rt.spawn_on(0, move || async move {
+        timer::timeout(LIMIT, f(h2.transport(cfg))).await
+    }));
+    r.expect("client task").expect("client timed out")
+}
+
+async fn echo_frames<E: Endpoint>(ep: E) {
+    let f = Framed::new(ep, MAX_FRAME);
+    while let Ok(m) = f.recv_msg().await {
+        if f.send_msg(vec![m]).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn connect_and_accept<H: Harness>(h: H) {
+    let rt = runtime();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, echo_frames);
+    let a2 = addr.clone();
+    let (peer, local, echoed) = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let ep = t.connect(&a2).await.expect("connect");
+        let peer = ep.peer_addr().clone();
+        let local = ep.local_addr().clone();
+        let f = Framed::new(ep, MAX_FRAME);
+        f.send_msg(vec![Bytes::from_static(b"hello")])
+            .await
+            .unwrap();
+        (peer, local, f.recv_msg().await.unwrap())
+    });
+    assert_eq!(peer, addr);
+    assert_eq!(local.kind(), addr.kind());
+    assert_eq!(&echoed[..], b"hello");
+    rt.shutdown().unwrap();
+}
+
+pub fn messages_byte_exact_in_order<H: Harness>(h: H) {
+    let rt = runtime();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, echo_frames);
+    let mut sizes = vec![1usize, 16 << 10, 64 << 10, 4 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sizes.push(match x % 10 {
+            0 => (x >> 8) as usize % (1 << 20),
+            1..=3 => (x >> 8) as usize % (64 << 10),
+            _ => (x >> 8) as usize % 512,
+        });
+    }
+    let total = sizes.len();
+    let got = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let f = Rc::new(Framed::new(t.connect(&addr).await.unwrap(), MAX_FRAME));
+        let f2 = f.clone();
+        let s2 = sizes.clone();
+        let sender = spawn_local(async move {
+            for (i, &n) in s2.iter().enumerate() {
+                f2.send_msg(vec![payload(i, n)]).await.unwrap();
+            }
+        });
+        let mut ok = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let m = f.recv_msg().await.unwrap();
+            assert_eq!(m.len(), n, "message {i}: length");
+            assert!(m == payload(i, n), "message {i} ({n} bytes) differs");
+            ok += 1;
+        }
+        sender.await.unwrap();
+        ok
+    });
+    assert_eq!(got, total);
+    rt.shutdown().unwrap();
+}
+
+pub fn many_concurrent_connections<H: Harness>(h: H) {
+    const CONNS: usize = 256;
+    let rt = runtime();
+    let addr = serve(&rt, &h, EndpointConfig::default(), CONNS, echo_frames);
+    let done = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let t = Rc::new(t);
+        let open = Rc::new(Cell::new(0usize));
+        let mut tasks = Vec::new();
+        for i in 0..CONNS {
+            let (t, addr, open) = (t.clone(), addr.clone(), open.clone());
+            tasks.push(spawn_local(async move {
+                let f = Framed::new(t.connect(&addr).await.unwrap(), MAX_FRAME);
+                open.set(open.get() + 1);
+                // Hold every connection open until all are up.
+                while open.get() < CONNS {
+                    timer::sleep(Duration::from_millis(1)).await;
+                }
+                f.send_msg(vec![payload(i, 100 + i)]).await.unwrap();
+                let m = f.recv_msg().await.unwrap();
+                assert!(m == payload(i, 100 + i));
+                f
+            }));
+        }
+        let mut kept = Vec::new();
+        for t in tasks {
+            kept.push(t.await.unwrap());
+        }
+        kept.len()
+    });
+    assert_eq!(done, CONNS);
+    rt.shutdown().unwrap();
+}
+
+pub fn back_pressure_against_a_slow_reader<H: Harness>(h: H) {
+    let rt = runtime();
+    let go = Arc::new(AtomicBool::new(false));
+    let go2 = go.clone();
+    let (tot_tx, tot_rx) = std::sync::mpsc::channel::<usize>();
+    let tot_rx = Arc::new(std::sync::Mutex::new(tot_rx));
+    let (res_tx, res_rx) = std::sync::mpsc::channel::<usize>();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let (go, tot_rx, res_tx, done) =
+            (go2.clone(), tot_rx.clone(), res_tx.clone(), done2.clone());
+        async move {
+            while !go.load(Ordering::SeqCst) {
+                timer::sleep(Duration::from_millis(2)).await;
+            }
+            let total = tot_rx.lock().unwrap().recv().unwrap();
+            let mut got = 0usize;
+            let mut k = 0usize;
+            while got < total {
+                let c = ep.recv().await.unwrap();
+                for &b in c.iter() {
+                    assert_eq!(b, (k % 251) as u8, "byte {k}");
+                    k += 1;
+                }
+                got += c.len();
+            }
+            res_tx.send(got).unwrap();
+            done.store(true, Ordering::SeqCst);
+        }
+    });
+    let cfg = EndpointConfig {
+        send_queue_bytes: 256 << 10,
+        send_queue_bufs: 64,
+        ..EndpointConfig::default()
+    };
+    let chunk = 16 << 10;
+    let (queued_max, total) = client(&rt, &h, cfg.clone(), move |t| async move {
+        let ep = t.connect(&addr).await.unwrap();
+        let mut sent = 0usize;
+        let mut queued_max = 0;
+        let mut full = false;
+        // Fill until Full (kernel or ring buffers absorb some first).
+        for _ in 0..100_000 {
+            let b: Bytes = (sent..sent + chunk)
+                .map(|k| (k % 251) as u8)
+                .collect::<Vec<_>>()
+                .into();
+            match ep.try_send(vec![b]) {
+                Ok(()) => sent += chunk,
+                Err((TransportError::Full { .. }, _)) => {
+                    full = true;
+                    break;
+                }
+                Err((e, _)) => panic!("unexpected {e}"),
+            }
+            queued_max = queued_max.max(ep.queued_bytes());
+            if sent % (1 << 20) == 0 {
+                timer::sleep(Duration::from_micros(200)).await; // let the writer run
+            }
+        }
+        assert!(full, "try_send never reported Full after {sent} bytes");
+        go.store(true, Ordering::SeqCst);
+        // Everything queued arrives once the reader reads; send waits for room meanwhile.
+        for _ in 0..16 {
+            let b: Bytes = (sent..sent + chunk)
+                .map(|k| (k % 251) as u8)
+                .collect::<Vec<_>>()
+                .into();
+            ep.send(vec![b]).await.unwrap();
+            sent += chunk;
+        }
+        tot_tx.send(sent).unwrap();
+        ep.flush().await.unwrap();
+        // Keep the endpoint until the server has read everything.
+        while !done.load(Ordering::SeqCst) {
+            timer::sleep(Duration::from_millis(5)).await;
+        }
+        (queued_max, sent)
+    });
+    let got = res_rx.recv_timeout(LIMIT).expect("reader finished");
+    assert_eq!(got, total);
+    assert!(
+        queued_max <= cfg.send_queue_bytes + chunk,
+        "send queue grew to {queued_max} bytes"
+    );
+    rt.shutdown().unwrap();
+}
+
+pub fn malformed_and_oversized_input<H: Harness>(h: H) {
+    let rt = runtime();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 2, move |ep| {
+        let tx = tx.clone();
+        async move {
+            let f = Framed::new(ep, 1 << 20);
+            let r = timer::timeout(Duration::from_secs(20), f.recv_msg()).await;
+            let s = match r {
+                Err(_) => "hang".to_string(),
+                Ok(Ok(_)) => "accepted".to_string(),
+                Ok(Err(TransportError::Malformed { .. })) => "malformed".to_string(),
+                Ok(Err(TransportError::Oversized { len, .. })) => format!("oversized {len}"),
+                Ok(Err(e)) => format!("other: {e}"),
+            };
+            f.endpoint().abort();
+            tx.send(s).unwrap();
+        }
+    });
+    client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        // A header with a bad magic.
+        let a = t.connect(&addr).await.unwrap();
+        a.send(vec![Bytes::from_static(&[
+            5, 0, 0, 0, b'X', b'X', b'X', b'X', 1, 2, 3, 4, 5,
+        ])])
+        .await
+        .unwrap();
+        a.flush().await.unwrap();
+        // A header announcing 3 GiB: refused from the header alone, nothing allocated.
+        let b = t.connect(&addr).await.unwrap();
+        let mut hdr = header(0).to_vec();
+        hdr[..4].copy_from_slice(&(3u32 << 30).to_le_bytes());
+        assert_eq!(hdr.len(), HEADER_LEN);
+        b.send(vec![Bytes::from(hdr)]).await.unwrap();
+        b.flush().await.unwrap();
+        // Keep both connections open while the server judges them.
+        timer::sleep(Duration::from_millis(300)).await;
+        drop((a, b));
+    });
+    let mut got = vec![
+        rx.recv_timeout(LIMIT).unwrap(),
+        rx.recv_timeout(LIMIT).unwrap(),
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["malformed".to_string(), format!("oversized {}", 3u64 << 30)]
+    );
+    rt.shutdown().unwrap();
+}
+
+pub fn clean_shutdown<H: Harness>(h: H) {
+    let rt = runtime();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String)>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let tx = tx.clone();
+        async move {
+            let f = Framed::new(ep, MAX_FRAME);
+            let mut n = 0;
+            let end = loop {
+                match f.recv_msg().await {
+                    Ok(m) => {
+                        assert!(m == payload(n, 1000 + n));
+                        n += 1;
+                    }
+                    Err(TransportError::PeerClosed { .. }) => break "peer-closed".to_string(),
+                    Err(e) => break format!("error: {e}"),
+                }
+            };
+            tx.send((n, end)).unwrap();
+        }
+    });
+    client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let f = Framed::new(t.connect(&addr).await.unwrap(), MAX_FRAME);
+        for i in 0..500 {
+            f.send_msg(vec![payload(i, 1000 + i)]).await.unwrap();
+        }
+        // shutdown flushes everything queued, then closes our side.
+        f.endpoint().shutdown().await.unwrap();
+        timer::sleep(Duration::from_millis(20)).await;
+    });
+    assert_eq!(
+        rx.recv_timeout(LIMIT).unwrap(),
+        (500, "peer-closed".to_string())
+    );
+    // Shutting the runtime down with endpoints and a listener still open does not hang.
+    let h2 = h.clone();
+    let addr2 = serve(&rt, &h, EndpointConfig::default(), 1, |ep| async move {
+        let _keep = ep;
+        std::future::pending::<()>().await;
+    });
+    rt.spawn_on(0, move || async move {
+        let ep = h2
+            .transport(EndpointConfig::default())
+            .connect(&addr2)
+            .await
+            .unwrap();
+        let _keep = ep;
+        std::future::pending::<()>().await;
+    })
+    .detach();
+    std::thread::sleep(Duration::from_millis(100));
+    rt.shutdown().unwrap();
+}
+
+pub fn handoff_to_another_core<H: Harness>(h: H) {
+    let rt = runtime();
+    let target = 0;
+    let handle = rt.handle();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let (handle, tx) = (handle.clone(), tx.clone());
+        async move {
+            // Read the first message here, then move the endpoint to `target`.
+            let first = ep.recv().await.unwrap();
+            let transfer = ep.into_transfer().map_err(|(e, _)| e).expect("quiescent");
+            let tx2 = tx.clone();
+            handle
+                .spawn_on(target, move || async move {
+                    let ep = transfer.attach().expect("attach");
+                    assert_eq!(corewire_runtime::current_core(), Some(target));
+                    ep.send(vec![first]).await.unwrap();
+                    let more = ep.recv().await.unwrap();
+                    ep.send(vec![more]).await.unwrap();
+                    ep.flush().await.unwrap();
+                    tx2.send("moved".into()).unwrap();
+                    timer::sleep(Duration::from_millis(100)).await;
+                })
+                .detach();
+        }
+    });
+    let back = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let ep = t.connect(&addr).await.unwrap();
+        ep.send(vec![Bytes::from_static(b"one")]).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend_from_slice(&ep.recv().await.unwrap());
+        }
+        ep.send(vec![Bytes::from_static(b"two")]).await.unwrap();
+        while got.len() < 6 {
+            got.extend_from_slice(&ep.recv().await.unwrap());
+        }
+        got
+    });
+    assert_eq!(&back[..], b"onetwo");
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "moved");
+    rt.shutdown().unwrap();
+}
+
+pub fn busy_endpoint_refuses_handoff<H: Harness>(h: H) {
+    let rt = runtime();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, |ep| async move {
+        let _keep = ep; // never reads
+        std::future::pending::<()>().await;
+    });
+    let refused = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let ep = t.connect(&addr).await.unwrap();
+        // Fill until our own queue holds data.
+        let mut tries = 0;
+        while ep.queued_bytes() == 0 && tries < 100_000 {
+            let _ = ep.try_send(vec![Bytes::from(vec![1u8; 64 << 10])]);
+            tries += 1;
+            if tries % 64 == 0 {
+                timer::sleep(Duration::from_micros(100)).await;
+            }
+        }
+        assert!(ep.queued_bytes() > 0);
+        match ep.into_transfer() {
+            Err((TransportError::WrongState { .. }, ep)) => {
+                // Still usable afterwards.
+                ep.queued_bytes() > 0
+            }
+            Err((e, _)) => panic!("unexpected {e}"),
+            Ok(_) => panic!("a busy endpoint was handed off"),
+        }
+    });
+    assert!(refused);
+    rt.shutdown().unwrap();
+}
+
+/// A peer process killed mid-stream: the survivor gets a reset (not a hang).
+pub fn peer_killed_mid_stream<H: Harness>(h: H) {
+    let rt = runtime();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let tx = tx.clone();
+        async move {
+            let f = Framed::new(ep, 4 << 20);
+            let r = timer::timeout(Duration::from_secs(30), f.recv_msg()).await;
+            tx.send(match r {
+                Err(_) => "hang".into(),
+                Ok(Ok(_)) => "message".into(),
+                Ok(Err(TransportError::Reset { .. })) => "reset".into(),
+                Ok(Err(e)) => format!("other: {e}"),
+            })
+            .unwrap();
+        }
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corewire-transport-peer"))
+        .arg(addr.to_string())
+        .arg("partial-frame")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    // Wait for the peer to have sent its partial frame.
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "reset");
+    rt.shutdown().unwrap();
+}
+
+/// Instantiate the suite for one stack: `conformance_tests!(MyHarness);`
+#[macro_export]
+macro_rules! conformance_tests {
+    ($h:expr) => {
+        #[test]
+        fn connect_and_accept() {
+            conformance::connect_and_accept($h)
+        }
+        #[test]
+        fn messages_byte_exact_in_order() {
+            conformance::messages_byte_exact_in_order($h)
+        }
+        #[test]
+        fn many_concurrent_connections() {
+            conformance::many_concurrent_connections($h)
+        }
+        #[test]
+        fn back_pressure_against_a_slow_reader() {
+            conformance::back_pressure_against_a_slow_reader($h)
+        }
+        #[test]
+        fn malformed_and_oversized_input() {
+            conformance::malformed_and_oversized_input($h)
+        }
+        #[test]
+        fn clean_shutdown() {
+            conformance::clean_shutdown($h)
+        }
+        #[test]
+        fn handoff_to_another_core() {
+            conformance::handoff_to_another_core($h)
+        }
+        #[test]
+        fn busy_endpoint_refuses_handoff() {
+            conformance::busy_endpoint_refuses_handoff($h)
+        }
+        #[test]
+        fn peer_killed_mid_stream() {
+            conformance::peer_killed_mid_stream($h)
+        }
+    };
+}
