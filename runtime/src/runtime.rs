@@ -273,10 +273,29 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        // Called on a core of this runtime: the reply travels back as a closure queued to the
+        // calling core, so the channel and the awaiting task's wake-up stay core-local and the
+        // only cross-core traffic is one queue hop each way.
+        let reply_to = with_core(|c| Arc::ptr_eq(c.runtime(), &self.rt).then(|| c.id())).flatten();
         let job = ExternalJob::new(move || {
             let r = std::panic::catch_unwind(AssertUnwindSafe(f))
                 .map_err(|p| with_core(|c| report_panic(c, p)).unwrap_or_else(|| "panic".into()));
-            let _ = tx.send(r);
+            match reply_to {
+                // If the caller's core is gone, the reply (and `tx`) is dropped: Shutdown.
+                Some(home) => {
+                    with_core(|c| {
+                        let _ = c.runtime().push_external(
+                            home,
+                            ExternalJob::new(move || {
+                                let _ = tx.send(r);
+                            }),
+                        );
+                    });
+                }
+                None => {
+                    let _ = tx.send(r);
+                }
+            }
         });
         let err = self.push_external(core, job).err();
         SubmitFuture { rx, core, err }
