@@ -3,3 +3,4 @@
 
 pub mod report;
 pub mod runtime_bench;
+pub mod transport_bench;

@@ -1,0 +1,313 @@
+//! Transport benchmarks (issue: transports), side by side in one run, sender on core 0 and
+//! receiver on core 1:
+//! - 64 B ping-pong: round trips/s, p50, p99;
+//! - 4 KiB messages with 16 in flight: messages/s (each acknowledged by an empty reply, as
+//!   Ceph's perf_msgr does);
+//! - 4 MiB messages: GB/s.
+//!
+//! Every corewire stack runs the same length-prefixed framing ([`corewire_transport::framed`]).
+//! TCP is compared with tokio doing the same work with the same framing (buffered reads,
+//! writes flushed when no more input is buffered).
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corewire_runtime::{spawn_local, Runtime};
+use corewire_transport::framed::Framed;
+use corewire_transport::{Address, Endpoint, Listener, Transport};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::report::{histogram, Row};
+use crate::runtime_bench::bench_cpus;
+
+/// One workload.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload {
+    /// Request/response of `size` bytes each way, one at a time.
+    PingPong { size: usize },
+    /// `size`-byte messages, `inflight` outstanding, each answered by an empty ack.
+    Stream { size: usize, inflight: usize },
+}
+
+impl Workload {
+    pub fn label(&self) -> String {
+        match self {
+            Workload::PingPong { size } => format!("{size} B ping-pong"),
+            Workload::Stream { size, inflight } => {
+                format!("{} messages, {inflight} in flight", human(*size))
+            }
+        }
+    }
+    fn request_size(&self) -> usize {
+        match self {
+            Workload::PingPong { size } | Workload::Stream { size, .. } => *size,
+        }
+    }
+    fn reply_size(&self) -> usize {
+        match self {
+            Workload::PingPong { size } => *size,
+            Workload::Stream { .. } => 0,
+        }
+    }
+    fn window(&self) -> usize {
+        match self {
+            Workload::PingPong { .. } => 1,
+            Workload::Stream { inflight, .. } => *inflight,
+        }
+    }
+}
+
+pub fn human(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}
+
+const MAX_FRAME: usize = 64 << 20;
+
+/// The measured result of one run: rows carry ops (messages) and, for bandwidth, bytes.
+pub struct Measured {
+    pub ops: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+}
+
+impl Measured {
+    pub fn row(&self, name: &str) -> Row {
+        Row::new(name, self.ops, self.elapsed, Some(&self.hist))
+    }
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+/// The client side of a workload over any framed endpoint.
+async fn drive<E: Endpoint>(
+    f: &Framed<E>,
+    wl: Workload,
+    duration: Duration,
+    warmup: u64,
+) -> Measured {
+    let req = Bytes::from(vec![0x5au8; wl.request_size()]);
+    let window = wl.window();
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window);
+    let mut hist = histogram();
+    let mut ops = 0u64;
+    let mut done_warmup = warmup == 0;
+    let mut t0 = Instant::now();
+    for _ in 0..window {
+        f.send_msg(vec![req.clone()]).await.expect("send");
+        sent_at.push_back(Instant::now());
+    }
+    loop {
+        let m = f.recv_msg().await.expect("reply");
+        debug_assert_eq!(m.len(), wl.reply_size());
+        let now = Instant::now();
+        let at = sent_at.pop_front().expect("outstanding request");
+        if done_warmup {
+            let _ = hist.record((now - at).as_nanos().max(1) as u64);
+            ops += 1;
+            if ops % 16 == 0 && now - t0 >= duration {
+                // Drain what is outstanding so the server is idle for the next run.
+                for _ in 0..sent_at.len() {
+                    let _ = f.recv_msg().await;
+                }
+                let elapsed = now - t0;
+                return Measured {
+                    ops,
+                    bytes: ops * (wl.request_size() + wl.reply_size()) as u64,
+                    elapsed,
+                    hist,
+                };
+            }
+        } else {
+            ops += 1;
+            if ops >= warmup {
+                done_warmup = true;
+                ops = 0;
+                t0 = Instant::now();
+            }
+        }
+        f.send_msg(vec![req.clone()]).await.expect("send");
+        sent_at.push_back(Instant::now());
+    }
+}
+
+/// Serve framed requests: reply to each with `reply_size` bytes.
+async fn serve_framed<E: Endpoint>(ep: E, reply_size: usize) {
+    let f = Framed::new(ep, MAX_FRAME);
+    let reply = Bytes::from(vec![0xa5u8; reply_size]);
+    while f.recv_msg().await.is_ok() {
+        if f.send_msg(vec![reply.clone()]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Run `wl` over a corewire stack built by `make` on each core, listening at `listen`.
+pub fn corewire<T, M>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+{
+    let (a, b) = bench_cpus();
+    let cpus = if a == b { vec![a] } else { vec![a, b] };
+    let rt = Runtime::builder()
+        .cpus(cpus)
+        .build()
+        .map_err(io::Error::other)?;
+    let server_core = rt.cores() - 1;
+    let (tx, rx) = std::sync::mpsc::channel::<Address>();
+    let m2 = make.clone();
+    let reply = wl.reply_size();
+    rt.spawn_on(server_core, move || async move {
+        let t = m2();
+        let l = t.listen(&listen).await.expect("listen");
+        tx.send(l.local_addr()).expect("report address");
+        loop {
+            match l.accept().await {
+                Ok(ep) => spawn_local(serve_framed(ep, reply)).detach(),
+                Err(_) => return,
+            }
+        }
+    })
+    .detach();
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(io::Error::other)?;
+    let r = rt
+        .block_on(rt.spawn_on(0, move || async move {
+            let t = make();
+            let ep = t.connect(&addr).await.expect("connect");
+            let f = Framed::new(ep, MAX_FRAME);
+            let warm = if wl.request_size() >= 1 << 20 {
+                8
+            } else {
+                2000
+            };
+            drive(&f, wl, duration, warm).await
+        }))
+        .map_err(io::Error::other)?;
+    rt.shutdown().map_err(io::Error::other)?;
+    Ok(r)
+}
+
+fn pin(cpu: usize) {
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+}
+
+/// The same workload with tokio: one current-thread runtime per pinned thread.
+pub fn tokio_tcp(wl: Workload, duration: Duration) -> io::Result<Measured> {
+    let (a, b) = bench_cpus();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let reply = wl.reply_size();
+    let server = std::thread::spawn(move || -> io::Result<()> {
+        pin(b);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener)?;
+            let (s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            let (r, w) = s.into_split();
+            let mut r = tokio::io::BufReader::with_capacity(64 << 10, r);
+            let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
+            let mut body = vec![0u8; 0];
+            let rep = vec![0xa5u8; reply];
+            loop {
+                let mut h = [0u8; 8];
+                if r.read_exact(&mut h).await.is_err() {
+                    return Ok(());
+                }
+                let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                body.resize(len, 0);
+                r.read_exact(&mut body).await?;
+                w.write_all(&(reply as u32).to_le_bytes()).await?;
+                w.write_all(&h[4..8]).await?;
+                w.write_all(&rep).await?;
+                if r.buffer().is_empty() {
+                    w.flush().await?;
+                }
+            }
+        })
+    });
+    let client = std::thread::spawn(move || -> io::Result<Measured> {
+        pin(a);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let (r, w) = s.into_split();
+            let mut r = tokio::io::BufReader::with_capacity(64 << 10, r);
+            let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
+            let size = wl.request_size();
+            let mut frame = Vec::with_capacity(8 + size);
+            frame.extend_from_slice(&(size as u32).to_le_bytes());
+            frame.extend_from_slice(b"CWF1");
+            frame.extend_from_slice(&vec![0x5au8; size]);
+            let mut sent_at = VecDeque::new();
+            let mut hist = histogram();
+            let window = wl.window();
+            let mut rbody = vec![0u8; wl.reply_size()];
+            for _ in 0..window {
+                w.write_all(&frame).await?;
+                sent_at.push_back(Instant::now());
+            }
+            w.flush().await?;
+            let warm = if size >= 1 << 20 { 8 } else { 2000 };
+            let mut n = 0u64;
+            let mut ops = 0u64;
+            let mut t0 = Instant::now();
+            loop {
+                let mut h = [0u8; 8];
+                r.read_exact(&mut h).await?;
+                r.read_exact(&mut rbody).await?;
+                let now = Instant::now();
+                let at = sent_at.pop_front().unwrap_or(now);
+                n += 1;
+                if n == warm {
+                    t0 = now;
+                } else if n > warm {
+                    let _ = hist.record((now - at).as_nanos().max(1) as u64);
+                    ops += 1;
+                    if ops % 16 == 0 && now - t0 >= duration {
+                        return Ok(Measured {
+                            ops,
+                            bytes: ops * (size + wl.reply_size()) as u64,
+                            elapsed: now - t0,
+                            hist,
+                        });
+                    }
+                }
+                w.write_all(&frame).await?;
+                sent_at.push_back(Instant::now());
+                if r.buffer().is_empty() {
+                    w.flush().await?;
+                }
+            }
+        })
+    });
+    let m = client
+        .join()
+        .map_err(|_| io::Error::other("client panicked"))??;
+    let _ = server.join();
+    Ok(m)
+}
