@@ -1,0 +1,724 @@
+//! msgr2 banner and the msgr2.1 (rev1) crc-mode frame format
+//! (`msg/async/frames_v2.{h,cc}`, `msg/async/ProtocolV2.cc`).
+//!
+//! Banner: `"ceph v2\n"`, `u16` payload length, then the payload `u64 supported, u64 required`.
+//!
+//! Frame, msgr2.1 crc mode:
+//!
+//! ```text
+//! preamble (32 bytes):
+//!   u8 tag, u8 num_segments (1..=4), 4 x {u32 length, u16 alignment},
+//!   u8 flags, u8 reserved, u32 crc32c of the first 28 bytes (seed 0)
+//! segment 0 payload, then u32 crc32c of it (seed -1)  -- both absent if segment 0 is empty
+//! only if num_segments > 1:
+//!   segments 1.. payloads
+//!   epilogue (13 bytes): u8 late_status, 3 x u32 crc32c of segments 1..=3 (seed -1)
+//! ```
+//!
+//! Ceph's `ceph_crc32c(seed, ..)` is the bare CRC-32C register update, without the standard
+//! initial and final inversion; see [`ceph_crc32c`].
+//!
+//! Not implemented: msgr2.0 (rev0) framing, secure mode (AES-GCM) and on-wire compression;
+//! a preamble with the compression flag set is rejected.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::{WireError, WireResult};
+
+/// `CEPH_BANNER_V2_PREFIX`.
+pub const BANNER_PREFIX: &[u8; 8] = b"ceph v2\n";
+/// The msgr1 banner, recognised to give a clearer error.
+const BANNER_V1: &[u8] = b"ceph v027";
+/// Prefix plus the `u16` payload length.
+pub const BANNER_PREFIX_LEN: usize = 10;
+/// Our banner payload: two `u64`s.
+pub const BANNER_PAYLOAD_LEN: usize = 16;
+
+/// `CEPH_MSGR2_FEATURE_REVISION_1`: msgr2.1 framing.
+pub const MSGR2_FEATURE_REVISION_1: u64 = 1 << 0;
+/// `CEPH_MSGR2_FEATURE_COMPRESSION`: on-wire compression (Quincy and later).
+pub const MSGR2_FEATURE_COMPRESSION: u64 = 1 << 1;
+/// What we support: msgr2.1 only (what Pacific advertises).
+pub const MSGR2_SUPPORTED_FEATURES: u64 = MSGR2_FEATURE_REVISION_1;
+/// What we require: msgr2.1, since rev0 framing is not implemented.
+pub const MSGR2_REQUIRED_FEATURES: u64 = MSGR2_FEATURE_REVISION_1;
+
+/// Names of the set bits of a msgr2 feature mask, e.g. `REVISION_1|bit5`.
+pub fn msgr2_feature_names(mask: u64) -> String {
+    let mut names = Vec::new();
+    for bit in 0..64 {
+        if mask & (1 << bit) != 0 {
+            names.push(match bit {
+                0 => "REVISION_1".to_owned(),
+                1 => "COMPRESSION".to_owned(),
+                b => format!("bit{b}"),
+            });
+        }
+    }
+    names.join("|")
+}
+
+/// The msgr2 banner exchanged first by both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Banner {
+    pub supported: u64,
+    pub required: u64,
+}
+
+impl Default for Banner {
+    fn default() -> Self {
+        Self {
+            supported: MSGR2_SUPPORTED_FEATURES,
+            required: MSGR2_REQUIRED_FEATURES,
+        }
+    }
+}
+
+impl Banner {
+    /// The 26 banner bytes.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(BANNER_PREFIX_LEN + BANNER_PAYLOAD_LEN);
+        b.extend_from_slice(BANNER_PREFIX);
+        b.extend_from_slice(&(BANNER_PAYLOAD_LEN as u16).to_le_bytes());
+        b.extend_from_slice(&self.supported.to_le_bytes());
+        b.extend_from_slice(&self.required.to_le_bytes());
+        b.freeze()
+    }
+
+    /// Checks the 10-byte prefix and returns the payload length that follows.
+    pub fn decode_prefix(prefix: &[u8]) -> WireResult<usize> {
+        if prefix.len() < BANNER_PREFIX_LEN {
+            return Err(WireError::Truncated {
+                what: "banner prefix",
+                need: BANNER_PREFIX_LEN,
+                have: prefix.len(),
+            });
+        }
+        if &prefix[..8] != BANNER_PREFIX {
+            let reason = if prefix.starts_with(BANNER_V1) {
+                "peer speaks msgr v1".to_owned()
+            } else {
+                format!("prefix {:02x?} is not \"ceph v2\\n\"", &prefix[..8])
+            };
+            return Err(WireError::BadBanner { reason });
+        }
+        Ok(u16::from_le_bytes([prefix[8], prefix[9]]) as usize)
+    }
+
+    /// Decodes the payload (`u64 supported, u64 required`; longer payloads are allowed,
+    /// the rest is ignored as Ceph does).
+    pub fn decode_payload(payload: &[u8]) -> WireResult<Self> {
+        if payload.len() < BANNER_PAYLOAD_LEN {
+            return Err(WireError::BadBanner {
+                reason: format!("payload of {} bytes, need 16", payload.len()),
+            });
+        }
+        let u = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&payload[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        Ok(Self {
+            supported: u(0),
+            required: u(8),
+        })
+    }
+
+    /// Decodes a whole banner from the front of `buf`; returns it and the bytes used.
+    pub fn decode(buf: &[u8]) -> WireResult<(Self, usize)> {
+        let plen = Self::decode_prefix(buf)?;
+        let total = BANNER_PREFIX_LEN + plen;
+        if buf.len() < total {
+            return Err(WireError::Truncated {
+                what: "banner payload",
+                need: total,
+                have: buf.len(),
+            });
+        }
+        Ok((Self::decode_payload(&buf[BANNER_PREFIX_LEN..total])?, total))
+    }
+
+    /// Checks `peer` against our banner `self` as `ProtocolV2::_handle_peer_banner_payload`
+    /// does; returns the features both support.
+    pub fn check_peer(&self, peer: &Banner) -> WireResult<u64> {
+        let lacks = self.required & !peer.supported;
+        if lacks != 0 {
+            return Err(WireError::PeerLacksFeatures {
+                missing: lacks,
+                names: msgr2_feature_names(lacks),
+            });
+        }
+        let missing = peer.required & !self.supported;
+        if missing != 0 {
+            return Err(WireError::PeerRequiresFeatures {
+                missing,
+                names: msgr2_feature_names(missing),
+            });
+        }
+        Ok(self.supported & peer.supported)
+    }
+}
+
+/// Frame tags (`ceph::msgr::v2::Tag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Tag {
+    Hello = 1,
+    AuthRequest = 2,
+    AuthBadMethod = 3,
+    AuthReplyMore = 4,
+    AuthRequestMore = 5,
+    AuthDone = 6,
+    AuthSignature = 7,
+    ClientIdent = 8,
+    ServerIdent = 9,
+    IdentMissingFeatures = 10,
+    SessionReconnect = 11,
+    SessionReset = 12,
+    SessionRetry = 13,
+    SessionRetryGlobal = 14,
+    SessionReconnectOk = 15,
+    Wait = 16,
+    Message = 17,
+    Keepalive2 = 18,
+    Keepalive2Ack = 19,
+    Ack = 20,
+    /// Quincy and later.
+    CompressionRequest = 21,
+    /// Quincy and later.
+    CompressionDone = 22,
+}
+
+impl Tag {
+    pub const ALL: [Tag; 22] = [
+        Tag::Hello,
+        Tag::AuthRequest,
+        Tag::AuthBadMethod,
+        Tag::AuthReplyMore,
+        Tag::AuthRequestMore,
+        Tag::AuthDone,
+        Tag::AuthSignature,
+        Tag::ClientIdent,
+        Tag::ServerIdent,
+        Tag::IdentMissingFeatures,
+        Tag::SessionReconnect,
+        Tag::SessionReset,
+        Tag::SessionRetry,
+        Tag::SessionRetryGlobal,
+        Tag::SessionReconnectOk,
+        Tag::Wait,
+        Tag::Message,
+        Tag::Keepalive2,
+        Tag::Keepalive2Ack,
+        Tag::Ack,
+        Tag::CompressionRequest,
+        Tag::CompressionDone,
+    ];
+
+    /// Segment alignments Ceph advertises for frames with this tag: control frames have
+    /// one segment aligned to `sizeof(void*)`; messages have four, the data one page-aligned.
+    pub fn segment_aligns(self) -> [u16; MAX_NUM_SEGMENTS] {
+        match self {
+            Tag::Message => [
+                DEFAULT_ALIGNMENT,
+                DEFAULT_ALIGNMENT,
+                DEFAULT_ALIGNMENT,
+                PAGE_SIZE_ALIGNMENT,
+            ],
+            _ => [DEFAULT_ALIGNMENT; MAX_NUM_SEGMENTS],
+        }
+    }
+}
+
+impl TryFrom<u8> for Tag {
+    type Error = WireError;
+    fn try_from(v: u8) -> WireResult<Self> {
+        match v {
+            1..=22 => Ok(Tag::ALL[v as usize - 1]),
+            _ => Err(WireError::BadTag(v)),
+        }
+    }
+}
+
+/// `MAX_NUM_SEGMENTS`.
+pub const MAX_NUM_SEGMENTS: usize = 4;
+/// `segment_t::DEFAULT_ALIGNMENT` (`sizeof(void*)` on 64-bit hosts).
+pub const DEFAULT_ALIGNMENT: u16 = 8;
+/// `segment_t::PAGE_SIZE_ALIGNMENT`.
+pub const PAGE_SIZE_ALIGNMENT: u16 = 4096;
+/// `sizeof(preamble_block_t)`.
+pub const PREAMBLE_LEN: usize = 32;
+/// `FRAME_CRC_SIZE`.
+pub const CRC_LEN: usize = 4;
+/// `sizeof(epilogue_crc_rev1_block_t)`.
+pub const EPILOGUE_LEN: usize = 1 + 4 * (MAX_NUM_SEGMENTS - 1);
+/// `FRAME_EARLY_DATA_COMPRESSED` preamble flag.
+pub const FRAME_FLAG_COMPRESSED: u8 = 1 << 0;
+/// `FRAME_LATE_STATUS_COMPLETE` / `_ABORTED` and the mask of that nibble.
+pub const LATE_STATUS_COMPLETE: u8 = 0x0e;
+pub const LATE_STATUS_ABORTED: u8 = 0x01;
+const LATE_STATUS_ABORTED_MASK: u8 = 0x0f;
+/// Default maximum segment length accepted by [`FrameDecoder`].
+pub const DEFAULT_MAX_SEGMENT_LEN: u32 = 64 << 20;
+
+const SEGMENT_NAMES: [&str; MAX_NUM_SEGMENTS] =
+    ["segment 0", "segment 1", "segment 2", "segment 3"];
+
+/// Ceph's `ceph_crc32c(seed, data)`: the CRC-32C (Castagnoli) register update without the
+/// standard initial/final inversion. The preamble uses seed 0, segments seed `u32::MAX`.
+pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
+    !crc32c::crc32c_append(!seed, data)
+}
+
+/// Ceph's crc over a segment: `bufferlist::crc32c(-1)`.
+fn segment_crc(data: &[u8]) -> u32 {
+    ceph_crc32c(u32::MAX, data)
+}
+
+/// One segment descriptor of a preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegmentDesc {
+    pub len: u32,
+    pub align: u16,
+}
+
+/// `preamble_block_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preamble {
+    pub tag: Tag,
+    /// 1..=4
+    pub num_segments: u8,
+    pub segments: [SegmentDesc; MAX_NUM_SEGMENTS],
+    pub flags: u8,
+}
+
+impl Preamble {
+    /// Encodes the 32 bytes, computing the crc.
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
+        let mut b = [0u8; PREAMBLE_LEN];
+        b[0] = self.tag as u8;
+        b[1] = self.num_segments;
+        for (i, s) in self.segments.iter().enumerate() {
+            let at = 2 + i * 6;
+            b[at..at + 4].copy_from_slice(&s.len.to_le_bytes());
+            b[at + 4..at + 6].copy_from_slice(&s.align.to_le_bytes());
+        }
+        b[26] = self.flags;
+        let crc = ceph_crc32c(0, &b[..28]);
+        b[28..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates 32 bytes in the order Ceph does: crc, segment count,
+    /// empty last segment; then the tag and flags.
+    pub fn decode(b: &[u8; PREAMBLE_LEN]) -> WireResult<Self> {
+        let expected = u32::from_le_bytes([b[28], b[29], b[30], b[31]]);
+        let got = ceph_crc32c(0, &b[..28]);
+        if got != expected {
+            return Err(WireError::BadCrc {
+                what: "preamble",
+                expected,
+                got,
+            });
+        }
+        let num_segments = b[1];
+        if !(1..=MAX_NUM_SEGMENTS as u8).contains(&num_segments) {
+            return Err(WireError::TooManySegments {
+                count: num_segments as usize,
+            });
+        }
+        let mut segments = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
+        for (i, s) in segments.iter_mut().enumerate() {
+            let at = 2 + i * 6;
+            s.len = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            s.align = u16::from_le_bytes([b[at + 4], b[at + 5]]);
+        }
+        if num_segments > 1 && segments[num_segments as usize - 1].len == 0 {
+            return Err(WireError::EmptyLastSegment {
+                count: num_segments,
+            });
+        }
+        let tag = Tag::try_from(b[0])?;
+        let flags = b[26];
+        if flags & FRAME_FLAG_COMPRESSED != 0 {
+            return Err(WireError::Unsupported("compressed frame"));
+        }
+        Ok(Self {
+            tag,
+            num_segments,
+            segments,
+            flags,
+        })
+    }
+
+    /// The used segment descriptors.
+    pub fn used(&self) -> &[SegmentDesc] {
+        &self.segments[..self.num_segments as usize]
+    }
+
+    /// Bytes after the preamble up to the end of the frame (msgr2.1 crc mode).
+    pub fn body_len(&self) -> u64 {
+        let d = self.used();
+        let mut n = match d[0].len {
+            0 => 0,
+            l => u64::from(l) + CRC_LEN as u64,
+        };
+        if d.len() > 1 {
+            n += d[1..].iter().map(|s| u64::from(s.len)).sum::<u64>() + EPILOGUE_LEN as u64;
+        }
+        n
+    }
+}
+
+/// Builds msgr2.1 crc-mode frames.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameAssembler;
+
+impl FrameAssembler {
+    /// Frames `segments` (1..=4; trailing empty ones are dropped as Ceph's
+    /// `calc_num_segments` does) under `tag` with the tag's usual alignments.
+    ///
+    /// Returns the frame as a list of buffers to write in order; segment payloads are the
+    /// given `Bytes` (no copy), the rest are small new buffers.
+    pub fn encode(tag: Tag, segments: &[Bytes]) -> WireResult<Vec<Bytes>> {
+        Self::encode_with_aligns(tag, segments, tag.segment_aligns())
+    }
+
+    /// Like [`FrameAssembler::encode`] with explicit segment alignments.
+    pub fn encode_with_aligns(
+        tag: Tag,
+        segments: &[Bytes],
+        aligns: [u16; MAX_NUM_SEGMENTS],
+    ) -> WireResult<Vec<Bytes>> {
+        if segments.is_empty() || segments.len() > MAX_NUM_SEGMENTS {
+            return Err(WireError::TooManySegments {
+                count: segments.len(),
+            });
+        }
+        let n = segments
+            .iter()
+            .rposition(|s| !s.is_empty())
+            .map_or(1, |i| i + 1);
+        let mut desc = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
+        for (i, s) in segments[..n].iter().enumerate() {
+            let len = u32::try_from(s.len()).map_err(|_| WireError::SegmentTooLarge {
+                index: i,
+                len: s.len() as u64,
+                max: u64::from(u32::MAX),
+            })?;
+            desc[i] = SegmentDesc {
+                len,
+                align: aligns[i],
+            };
+        }
+        let preamble = Preamble {
+            tag,
+            num_segments: n as u8,
+            segments: desc,
+            flags: 0,
+        };
+        let mut out = Vec::with_capacity(2 + 2 * n);
+        out.push(Bytes::copy_from_slice(&preamble.encode()));
+        if !segments[0].is_empty() {
+            out.push(segments[0].clone());
+            out.push(Bytes::copy_from_slice(
+                &segment_crc(&segments[0]).to_le_bytes(),
+            ));
+        }
+        if n > 1 {
+            let mut epilogue = [0u8; EPILOGUE_LEN];
+            epilogue[0] = LATE_STATUS_COMPLETE;
+            for (i, s) in segments[1..n].iter().enumerate() {
+                if !s.is_empty() {
+                    out.push(s.clone());
+                }
+                epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s).to_le_bytes());
+            }
+            out.push(Bytes::copy_from_slice(&epilogue));
+        }
+        Ok(out)
+    }
+
+    /// The frame as one contiguous buffer (copies; for tests and small frames).
+    pub fn encode_contiguous(tag: Tag, segments: &[Bytes]) -> WireResult<Bytes> {
+        let parts = Self::encode(tag, segments)?;
+        let mut b = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+        for p in &parts {
+            b.extend_from_slice(p);
+        }
+        Ok(b.freeze())
+    }
+}
+
+/// Where the decoder is within a frame.
+#[derive(Debug)]
+enum State {
+    Preamble,
+    FirstSegment(Preamble),
+    Rest(Preamble, Bytes),
+    Failed(WireError),
+}
+
+/// Incremental decoder of msgr2.1 crc-mode frames from a byte stream.
+///
+/// Feed it received chunks with [`FrameDecoder::feed`] and pull frames with
+/// [`FrameDecoder::next_frame`]. Segment lengths are checked against the maximum as soon as
+/// the preamble is read, before any allocation; a segment lying within one fed chunk is
+/// returned as a slice of it, otherwise it is gathered into one new buffer.
+///
+/// After an error the decoder stays failed (the stream is out of sync).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_segment_len: u32,
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    state: State,
+    aborted_frames: u64,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder accepting segments up to [`DEFAULT_MAX_SEGMENT_LEN`].
+    pub fn new() -> Self {
+        Self::with_max_segment_len(DEFAULT_MAX_SEGMENT_LEN)
+    }
+
+    /// A decoder accepting segments up to `max` bytes.
+    pub fn with_max_segment_len(max: u32) -> Self {
+        Self {
+            max_segment_len: max,
+            chunks: VecDeque::new(),
+            buffered: 0,
+            state: State::Preamble,
+            aborted_frames: 0,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.buffered += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Bytes fed but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Frames dropped because the sender marked them aborted.
+    pub fn aborted_frames(&self) -> u64 {
+        self.aborted_frames
+    }
+
+    /// How many more bytes the current step needs (0 if it can proceed now).
+    pub fn bytes_needed(&self) -> usize {
+        let need = match &self.state {
+            State::Preamble => PREAMBLE_LEN,
+            State::FirstSegment(p) => Self::first_len(p),
+            State::Rest(p, _) => Self::rest_len(p),
+            State::Failed(_) => 0,
+        };
+        need.saturating_sub(self.buffered)
+    }
+
+    fn first_len(p: &Preamble) -> usize {
+        match p.segments[0].len {
+            0 => 0,
+            l => l as usize + CRC_LEN,
+        }
+    }
+
+    fn rest_len(p: &Preamble) -> usize {
+        let d = p.used();
+        if d.len() == 1 {
+            return 0;
+        }
+        d[1..].iter().map(|s| s.len as usize).sum::<usize>() + EPILOGUE_LEN
+    }
+
+    /// Takes `n` buffered bytes (`n <= buffered`), zero-copy when within one chunk.
+    fn take(&mut self, n: usize) -> Bytes {
+        debug_assert!(n <= self.buffered);
+        self.buffered -= n;
+        if n == 0 {
+            return Bytes::new();
+        }
+        let front = self
+            .chunks
+            .front_mut()
+            .expect("buffered bytes without chunks");
+        if front.len() >= n {
+            let out = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("buffered bytes without chunks");
+            let k = front.len().min(n - out.len());
+            out.extend_from_slice(&front[..k]);
+            let _ = front.split_to(k);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes the peer's banner from the front of the stream, if it has arrived whole.
+    /// Call before the first [`FrameDecoder::next_frame`].
+    pub fn next_banner(&mut self) -> WireResult<Option<Banner>> {
+        if self.buffered < BANNER_PREFIX_LEN {
+            return Ok(None);
+        }
+        let prefix = self.peek(BANNER_PREFIX_LEN);
+        let plen = Banner::decode_prefix(&prefix)?;
+        if self.buffered < BANNER_PREFIX_LEN + plen {
+            return Ok(None);
+        }
+        let _ = self.take(BANNER_PREFIX_LEN);
+        let payload = self.take(plen);
+        Banner::decode_payload(&payload).map(Some)
+    }
+
+    /// Copies the first `n` buffered bytes without consuming them.
+    fn peek(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n);
+        for c in &self.chunks {
+            let k = c.len().min(n - out.len());
+            out.extend_from_slice(&c[..k]);
+            if out.len() == n {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The next complete frame as its tag and segments (empty segments included up to the
+    /// frame's segment count), `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> WireResult<Option<(Tag, Vec<Bytes>)>> {
+        if let State::Failed(e) = &self.state {
+            return Err(WireError::Poisoned(Box::new(e.clone())));
+        }
+        match self.step() {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.state = State::Failed(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn step(&mut self) -> WireResult<Option<(Tag, Vec<Bytes>)>> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Preamble) {
+                State::Preamble => {
+                    if self.buffered < PREAMBLE_LEN {
+                        return Ok(None);
+                    }
+                    let raw = self.take(PREAMBLE_LEN);
+                    let mut b = [0u8; PREAMBLE_LEN];
+                    b.copy_from_slice(&raw);
+                    let p = Preamble::decode(&b)?;
+                    for (index, s) in p.used().iter().enumerate() {
+                        if s.len > self.max_segment_len {
+                            return Err(WireError::SegmentTooLarge {
+                                index,
+                                len: u64::from(s.len),
+                                max: u64::from(self.max_segment_len),
+                            });
+                        }
+                    }
+                    tracing::trace!(tag = ?p.tag, segments = ?p.used(), "msgr2 preamble");
+                    self.state = State::FirstSegment(p);
+                }
+                State::FirstSegment(p) => {
+                    let need = Self::first_len(&p);
+                    if self.buffered < need {
+                        self.state = State::FirstSegment(p);
+                        return Ok(None);
+                    }
+                    let seg0 = if need == 0 {
+                        Bytes::new()
+                    } else {
+                        let seg = self.take(p.segments[0].len as usize);
+                        let crc = self.take(CRC_LEN);
+                        let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+                        let got = segment_crc(&seg);
+                        if got != expected {
+                            return Err(WireError::BadCrc {
+                                what: SEGMENT_NAMES[0],
+                                expected,
+                                got,
+                            });
+                        }
+                        seg
+                    };
+                    if p.num_segments == 1 {
+                        return Ok(Some((p.tag, vec![seg0])));
+                    }
+                    self.state = State::Rest(p, seg0);
+                }
+                State::Rest(p, seg0) => {
+                    if self.buffered < Self::rest_len(&p) {
+                        self.state = State::Rest(p, seg0);
+                        return Ok(None);
+                    }
+                    let mut segs = Vec::with_capacity(p.num_segments as usize);
+                    segs.push(seg0);
+                    for s in &p.used()[1..] {
+                        segs.push(self.take(s.len as usize));
+                    }
+                    let epilogue = self.take(EPILOGUE_LEN);
+                    let late = epilogue[0];
+                    match late & LATE_STATUS_ABORTED_MASK {
+                        LATE_STATUS_COMPLETE => {}
+                        LATE_STATUS_ABORTED => {
+                            // The sender gave up on this frame; drop it and go on.
+                            self.aborted_frames += 1;
+                            tracing::debug!(tag = ?p.tag, "dropping aborted msgr2 frame");
+                            continue;
+                        }
+                        _ => return Err(WireError::BadLateStatus(late)),
+                    }
+                    for (i, seg) in segs.iter().enumerate().skip(1) {
+                        let at = 1 + 4 * (i - 1);
+                        let expected = u32::from_le_bytes([
+                            epilogue[at],
+                            epilogue[at + 1],
+                            epilogue[at + 2],
+                            epilogue[at + 3],
+                        ]);
+                        let got = segment_crc(seg);
+                        if got != expected {
+                            return Err(WireError::BadCrc {
+                                what: SEGMENT_NAMES[i],
+                                expected,
+                                got,
+                            });
+                        }
+                    }
+                    return Ok(Some((p.tag, segs)));
+                }
+                State::Failed(e) => {
+                    self.state = State::Failed(e.clone());
+                    return Err(WireError::Poisoned(Box::new(e)));
+                }
+            }
+        }
+    }
+}
