@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::addr::{Address, TransportKind};
 use crate::error::{Result, TransportError};
+use crate::shm::{ShmEndpoint, ShmListener, ShmTransfer, ShmTransport};
 use crate::stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
 use crate::tcp::{TcpEndpoint, TcpListener, TcpTransfer, TcpTransport};
 
@@ -12,6 +13,7 @@ use crate::tcp::{TcpEndpoint, TcpListener, TcpTransfer, TcpTransport};
 #[derive(Debug, Clone)]
 pub enum AnyTransport {
     Tcp(TcpTransport),
+    Shm(ShmTransport),
 }
 
 impl AnyTransport {
@@ -19,9 +21,7 @@ impl AnyTransport {
     pub fn for_kind(kind: TransportKind, cfg: EndpointConfig) -> Result<AnyTransport> {
         match kind {
             TransportKind::Tcp => Ok(AnyTransport::Tcp(TcpTransport::new(cfg))),
-            TransportKind::Shm => Err(TransportError::Unavailable {
-                what: "the shm stack is not built into AnyTransport yet".into(),
-            }),
+            TransportKind::Shm => Ok(AnyTransport::Shm(ShmTransport::new(cfg))),
             TransportKind::Rdma => Err(TransportError::Unavailable {
                 what: "the rdma stack is not implemented yet (needs the `rdma` feature and \
                        the RDMA issue's verbs layer)"
@@ -41,16 +41,19 @@ pub async fn connect_any(addr: &Address) -> Result<AnyEndpoint> {
 /// A listener of any stack.
 pub enum AnyListener {
     Tcp(TcpListener),
+    Shm(ShmListener),
 }
 
 /// An endpoint of any stack.
 pub enum AnyEndpoint {
     Tcp(TcpEndpoint),
+    Shm(ShmEndpoint),
 }
 
 /// A transfer of any stack.
 pub enum AnyTransfer {
     Tcp(TcpTransfer),
+    Shm(Box<ShmTransfer>),
 }
 
 impl Transport for AnyTransport {
@@ -60,16 +63,19 @@ impl Transport for AnyTransport {
     fn kind(&self) -> TransportKind {
         match self {
             AnyTransport::Tcp(t) => t.kind(),
+            AnyTransport::Shm(t) => t.kind(),
         }
     }
     async fn listen(&self, addr: &Address) -> Result<AnyListener> {
         match self {
             AnyTransport::Tcp(t) => t.listen(addr).await.map(AnyListener::Tcp),
+            AnyTransport::Shm(t) => t.listen(addr).await.map(AnyListener::Shm),
         }
     }
     async fn connect(&self, addr: &Address) -> Result<AnyEndpoint> {
         match self {
             AnyTransport::Tcp(t) => t.connect(addr).await.map(AnyEndpoint::Tcp),
+            AnyTransport::Shm(t) => t.connect(addr).await.map(AnyEndpoint::Shm),
         }
     }
 }
@@ -79,11 +85,13 @@ impl Listener for AnyListener {
     async fn accept(&self) -> Result<AnyEndpoint> {
         match self {
             AnyListener::Tcp(l) => l.accept().await.map(AnyEndpoint::Tcp),
+            AnyListener::Shm(l) => l.accept().await.map(AnyEndpoint::Shm),
         }
     }
     fn local_addr(&self) -> Address {
         match self {
             AnyListener::Tcp(l) => l.local_addr(),
+            AnyListener::Shm(l) => l.local_addr(),
         }
     }
 }
@@ -92,6 +100,7 @@ macro_rules! each {
     ($self:expr, $e:ident => $body:expr) => {
         match $self {
             AnyEndpoint::Tcp($e) => $body,
+            AnyEndpoint::Shm($e) => $body,
         }
     };
 }
@@ -135,6 +144,10 @@ impl Endpoint for AnyEndpoint {
                 .into_transfer()
                 .map(AnyTransfer::Tcp)
                 .map_err(|(err, e)| (err, AnyEndpoint::Tcp(e))),
+            AnyEndpoint::Shm(e) => e
+                .into_transfer()
+                .map(|t| AnyTransfer::Shm(Box::new(t)))
+                .map_err(|(err, e)| (err, AnyEndpoint::Shm(e))),
         }
     }
 }
@@ -144,6 +157,7 @@ impl Transfer for AnyTransfer {
     fn attach(self) -> Result<AnyEndpoint> {
         match self {
             AnyTransfer::Tcp(t) => t.attach().map(AnyEndpoint::Tcp),
+            AnyTransfer::Shm(t) => t.attach().map(AnyEndpoint::Shm),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! # corewire-transport
 //!
-//! Transport stacks under one interface ([`stack`]): `tcp`, `shm` (intra-host shared memory)
-//! and `rdma`, each instantiated per core and shared-nothing, as Ceph's `NetworkStack` chosen
-//! by `ms_type`. Addresses: [`Address`]. Errors: [`TransportError`].
+//! Transport stacks under one interface ([`stack`]): `tcp` ([`tcp`]), `shm` (intra-host shared
+//! memory, [`shm`]) and `rdma` (in progress), each instantiated per core and shared-nothing, as
+//! Ceph's `NetworkStack` chosen by `ms_type`. [`AnyTransport`] picks one by address.
+//! Addresses: [`Address`]. Errors: [`TransportError`].
 
 pub mod addr;
 pub mod any;
@@ -16,4 +17,5 @@ pub mod tcp;
 pub use addr::{Address, RdmaOptions, TransportKind};
 pub use any::{connect_any, AnyEndpoint, AnyListener, AnyTransfer, AnyTransport};
 pub use error::{Result, TransportError};
+pub use shm::{ShmEndpoint, ShmListener, ShmOptions, ShmTransport};
 pub use stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
