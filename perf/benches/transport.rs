@@ -1,11 +1,13 @@
 //! `cargo bench -p corewire-perf --bench transport`: transport stacks beside their baselines.
+//! TCP against tokio doing the same work with the same framing; shm against its limits (the
+//! bare SPSC ring between two pinned threads, and single-core memcpy).
 
 use std::time::Duration;
 
 use corewire_perf::report::Group;
-use corewire_perf::transport_bench::{corewire, tokio_tcp, Workload};
+use corewire_perf::transport_bench::{corewire, memcpy_gbps, spsc_ring, tokio_tcp, Workload};
 use corewire_transport::tcp::TcpTransport;
-use corewire_transport::EndpointConfig;
+use corewire_transport::{EndpointConfig, ShmTransport};
 
 fn main() -> std::io::Result<()> {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -25,7 +27,9 @@ fn main() -> std::io::Result<()> {
             inflight: 4,
         },
     ];
+    let shm_addr = format!("shm://corewire-bench-{}", std::process::id());
     for wl in workloads {
+        let big = wl_size(wl) >= 1 << 20;
         let tcp = corewire(
             || TcpTransport::new(EndpointConfig::default()),
             "tcp://127.0.0.1:0".parse().expect("addr"),
@@ -33,16 +37,49 @@ fn main() -> std::io::Result<()> {
             d,
         )?;
         let tok = tokio_tcp(wl, d)?;
+        let shm = corewire(
+            || ShmTransport::new(EndpointConfig::default()),
+            shm_addr.parse().expect("addr"),
+            wl,
+            d,
+        )?;
+        let mut rows = vec![
+            shm.row("corewire shm"),
+            tcp.row("corewire tcp"),
+            tok.row("tokio tcp, same framing"),
+        ];
+        if !big {
+            rows.push(spsc_ring(wl, d)?.row("(limit: bare SPSC ring, 2 threads)"));
+        }
         let g = Group {
-            title: format!("TCP {}", wl.label()),
-            rows: vec![tcp.row("corewire tcp"), tok.row("tokio tcp, same framing")],
+            title: wl.label(),
+            rows,
         };
         print!("{}", g.render());
-        if let Workload::Stream { size, .. } = wl {
-            if size >= 1 << 20 {
-                println!("GB/s: corewire {:.2}, tokio {:.2}", tcp.gbps(), tok.gbps());
-            }
+        if big {
+            let mc = memcpy_gbps(4 << 20, d);
+            println!(
+                "GB/s: shm {:.2} ({:.0}% of single-core memcpy {:.2}), tcp {:.2}, tokio {:.2} \
+                 (tcp/tokio {:.2}x)",
+                shm.gbps(),
+                100.0 * shm.gbps() / mc,
+                mc,
+                tcp.gbps(),
+                tok.gbps(),
+                tcp.gbps() / tok.gbps()
+            );
+        } else {
+            println!(
+                "tcp/tokio: {:.2}x",
+                tcp.row("").ops_per_sec() / tok.row("").ops_per_sec()
+            );
         }
     }
     Ok(())
+}
+
+fn wl_size(wl: Workload) -> usize {
+    match wl {
+        Workload::PingPong { size } | Workload::Stream { size, .. } => size,
+    }
 }

@@ -311,3 +311,118 @@ pub fn tokio_tcp(wl: Workload, duration: Duration) -> io::Result<Measured> {
     let _ = server.join();
     Ok(m)
 }
+
+/// Baseline for shm: the bare SPSC ring (the shm stack's building block) between two pinned
+/// spinning threads, no runtime, no endpoint. `wl` as for the stacks: each request answered
+/// by a reply of `wl.reply_size()` bytes. Payloads at most the ring's record limit.
+pub fn spsc_ring(wl: Workload, duration: Duration) -> io::Result<Measured> {
+    use corewire_transport::shm::region::ShmRegion;
+    use corewire_transport::shm::ring::{Consumer, Producer, RingLayout};
+
+    const CAP: usize = 1 << 20;
+    let need = RingLayout::bytes_needed(CAP);
+    let region =
+        ShmRegion::create("corewire-bench-ring", 2 * need, false).map_err(io::Error::other)?;
+    let base = region.as_ptr();
+    // SAFETY: both rings lie inside the live region (2 * need bytes), which outlives the
+    // threads below (joined before `region` drops); each ring has one producer and one consumer.
+    let (mut req_p, mut req_c, mut rep_p, mut rep_c) = unsafe {
+        let p = Producer::init(base, CAP).map_err(io::Error::other)?;
+        let c = Consumer::attach(base, CAP).map_err(io::Error::other)?;
+        let rp = Producer::init(base.add(need), CAP).map_err(io::Error::other)?;
+        let rc = Consumer::attach(base.add(need), CAP).map_err(io::Error::other)?;
+        (p, c, rp, rc)
+    };
+    let (a, b) = bench_cpus();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let reply_len = wl.reply_size();
+    let server = std::thread::spawn(move || {
+        pin(b);
+        let reply = vec![0xa5u8; reply_len];
+        let mut buf = vec![0u8; 4 << 20];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            // Copy each request out, as a receiver of untrusted memory must.
+            match req_c.try_pop(|_, s| s.copy_to(&mut buf)) {
+                Ok(Some(_)) => while !matches!(rep_p.try_push(1, &[&reply]), Ok(true)) {},
+                Ok(None) => std::hint::spin_loop(),
+                Err(_) => return,
+            }
+        }
+    });
+    let client = std::thread::spawn(move || -> io::Result<Measured> {
+        pin(a);
+        let req = vec![0x5au8; wl.request_size()];
+        let mut sent_at = VecDeque::new();
+        let mut hist = histogram();
+        let mut rbuf = vec![0u8; reply_len.max(1)];
+        let push = |p: &mut Producer| -> io::Result<()> {
+            loop {
+                match p.try_push(1, &[&req]) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => std::hint::spin_loop(),
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+            }
+        };
+        for _ in 0..wl.window() {
+            push(&mut req_p)?;
+            sent_at.push_back(Instant::now());
+        }
+        let (mut n, mut ops, warm) = (0u64, 0u64, 2000u64);
+        let mut t0 = Instant::now();
+        loop {
+            match rep_c.try_pop(|_, s| s.copy_to(&mut rbuf)) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+            let now = Instant::now();
+            let at = sent_at.pop_front().unwrap_or(now);
+            n += 1;
+            if n == warm {
+                t0 = now;
+            } else if n > warm {
+                let _ = hist.record((now - at).as_nanos().max(1) as u64);
+                ops += 1;
+                if ops % 16 == 0 && now - t0 >= duration {
+                    return Ok(Measured {
+                        ops,
+                        bytes: ops * (wl.request_size() + reply_len) as u64,
+                        elapsed: now - t0,
+                        hist,
+                    });
+                }
+            }
+            push(&mut req_p)?;
+            sent_at.push_back(Instant::now());
+        }
+    });
+    let m = client
+        .join()
+        .map_err(|_| io::Error::other("ring client panicked"))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    drop(region);
+    m
+}
+
+/// Single-core memcpy bandwidth (GB/s) copying `size`-byte buffers, the limit for shm's large
+/// payloads.
+pub fn memcpy_gbps(size: usize, duration: Duration) -> f64 {
+    let (a, _) = bench_cpus();
+    pin(a);
+    let src = vec![0x3cu8; size];
+    let mut dst = vec![0u8; size];
+    let mut bytes = 0u64;
+    let t0 = Instant::now();
+    while t0.elapsed() < duration {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        bytes += size as u64;
+    }
+    bytes as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
