@@ -4,7 +4,7 @@
 set -euo pipefail
 
 declare -A PKG_GROUPS=(
-  [build]="pkg-config libhwloc-dev libudev-dev"
+  [build]="pkg-config libhwloc-dev libudev-dev libibverbs-dev librdmacm-dev libclang-dev"
 )
 
 want=()

@@ -61,6 +61,22 @@ pub enum TransportError {
     /// The transport is not available on this machine or build.
     #[error("{what}")]
     Unavailable { what: String },
+    /// A verbs call (libibverbs) failed: `op` is the C function, `detail` the object and
+    /// arguments involved.
+    #[error("{op} failed ({detail}): {source}")]
+    Verbs {
+        op: &'static str,
+        source: io::Error,
+        detail: String,
+    },
+    /// No RDMA device, port or GID matches the selection: what was looked for, what was found,
+    /// and why nothing fits.
+    #[error("no RDMA {wanted}: {reason}; found: [{}]", .found.join(", "))]
+    NoRdmaDevice {
+        wanted: String,
+        found: Vec<String>,
+        reason: String,
+    },
     /// Any other I/O error, with the operation and the peer (or local address).
     #[error("{op} on {addr} failed: {source}")]
     Io {

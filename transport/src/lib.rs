@@ -9,6 +9,8 @@ pub mod addr;
 pub mod any;
 pub mod error;
 pub mod framed;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod sendq;
 pub mod shm;
 pub mod stack;
