@@ -46,7 +46,8 @@ pub fn bench_cpus() -> (usize, usize) {
     (a, b)
 }
 
-fn pin(cpu: usize) {
+/// Pin the calling thread to `cpu` (logged if refused).
+pub fn pin(cpu: usize) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         tracing::warn!(cpu, "could not pin benchmark thread");
     }

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{histogram, Row};
-use crate::runtime_bench::bench_cpus;
+use crate::runtime_bench::{bench_cpus, pin};
 
 /// One workload.
 #[derive(Debug, Clone, Copy)]
@@ -89,55 +89,92 @@ impl Measured {
     }
 }
 
-/// The client side of a workload over any framed endpoint.
-async fn drive<E: Endpoint>(
-    f: &Framed<E>,
+/// Book-keeping of one windowed request/reply run: send times, warm-up, latencies, and when
+/// to stop. Shared by every client loop so all rows are measured the same way.
+pub struct Recorder {
     wl: Workload,
-    duration: Duration,
     warmup: u64,
-) -> Measured {
+    duration: Duration,
+    sent_at: VecDeque<Instant>,
+    hist: Histogram<u64>,
+    seen: u64,
+    ops: u64,
+    t0: Instant,
+}
+
+impl Recorder {
+    /// Warm-up replies (not measured) before the clock starts: fewer for large messages.
+    pub fn new(wl: Workload, duration: Duration) -> Recorder {
+        Recorder {
+            wl,
+            warmup: if wl.request_size() >= 1 << 20 {
+                8
+            } else {
+                2000
+            },
+            duration,
+            sent_at: VecDeque::with_capacity(wl.window()),
+            hist: histogram(),
+            seen: 0,
+            ops: 0,
+            t0: Instant::now(),
+        }
+    }
+
+    /// A request was sent.
+    pub fn sent(&mut self) {
+        self.sent_at.push_back(Instant::now());
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.sent_at.len()
+    }
+
+    /// A reply arrived; returns the result once the measured run is over.
+    pub fn replied(&mut self) -> Option<Measured> {
+        let now = Instant::now();
+        let at = self.sent_at.pop_front().unwrap_or(now);
+        self.seen += 1;
+        if self.seen <= self.warmup {
+            self.t0 = now;
+            return None;
+        }
+        let _ = self.hist.record((now - at).as_nanos().max(1) as u64);
+        self.ops += 1;
+        if self.ops % 16 == 0 && now - self.t0 >= self.duration {
+            let per_op = (self.wl.request_size() + self.wl.reply_size()) as u64;
+            return Some(Measured {
+                ops: self.ops,
+                bytes: self.ops * per_op,
+                elapsed: now - self.t0,
+                hist: std::mem::replace(&mut self.hist, histogram()),
+            });
+        }
+        None
+    }
+}
+
+/// The client side of a workload over any framed endpoint.
+async fn drive<E: Endpoint>(f: &Framed<E>, wl: Workload, duration: Duration) -> Measured {
     let req = Bytes::from(vec![0x5au8; wl.request_size()]);
-    let window = wl.window();
-    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window);
-    let mut hist = histogram();
-    let mut ops = 0u64;
-    let mut done_warmup = warmup == 0;
-    let mut t0 = Instant::now();
-    for _ in 0..window {
+    let mut rec = Recorder::new(wl, duration);
+    for _ in 0..wl.window() {
         f.send_msg(vec![req.clone()]).await.expect("send");
-        sent_at.push_back(Instant::now());
+        rec.sent();
     }
     loop {
         let m = f.recv_msg().await.expect("reply");
         debug_assert_eq!(m.len(), wl.reply_size());
-        let now = Instant::now();
-        let at = sent_at.pop_front().expect("outstanding request");
-        if done_warmup {
-            let _ = hist.record((now - at).as_nanos().max(1) as u64);
-            ops += 1;
-            if ops % 16 == 0 && now - t0 >= duration {
-                // Drain what is outstanding so the server is idle for the next run.
-                for _ in 0..sent_at.len() {
-                    let _ = f.recv_msg().await;
-                }
-                let elapsed = now - t0;
-                return Measured {
-                    ops,
-                    bytes: ops * (wl.request_size() + wl.reply_size()) as u64,
-                    elapsed,
-                    hist,
-                };
+        if let Some(result) = rec.replied() {
+            // Drain what is outstanding so the server is idle for the next run.
+            for _ in 0..rec.outstanding() {
+                let _ = f.recv_msg().await;
             }
-        } else {
-            ops += 1;
-            if ops >= warmup {
-                done_warmup = true;
-                ops = 0;
-                t0 = Instant::now();
-            }
+            return result;
         }
         f.send_msg(vec![req.clone()]).await.expect("send");
-        sent_at.push_back(Instant::now());
+        rec.sent();
     }
 }
 
@@ -193,20 +230,11 @@ where
             let t = make();
             let ep = t.connect(&addr).await.expect("connect");
             let f = Framed::new(ep, MAX_FRAME);
-            let warm = if wl.request_size() >= 1 << 20 {
-                8
-            } else {
-                2000
-            };
-            drive(&f, wl, duration, warm).await
+            drive(&f, wl, duration).await
         }))
         .map_err(io::Error::other)?;
     rt.shutdown().map_err(io::Error::other)?;
     Ok(r)
-}
-
-fn pin(cpu: usize) {
-    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
 }
 
 /// The same workload with tokio: one current-thread runtime per pinned thread.
@@ -263,42 +291,22 @@ pub fn tokio_tcp(wl: Workload, duration: Duration) -> io::Result<Measured> {
             frame.extend_from_slice(&(size as u32).to_le_bytes());
             frame.extend_from_slice(b"CWF1");
             frame.extend_from_slice(&vec![0x5au8; size]);
-            let mut sent_at = VecDeque::new();
-            let mut hist = histogram();
-            let window = wl.window();
+            let mut rec = Recorder::new(wl, duration);
             let mut rbody = vec![0u8; wl.reply_size()];
-            for _ in 0..window {
+            for _ in 0..wl.window() {
                 w.write_all(&frame).await?;
-                sent_at.push_back(Instant::now());
+                rec.sent();
             }
             w.flush().await?;
-            let warm = if size >= 1 << 20 { 8 } else { 2000 };
-            let mut n = 0u64;
-            let mut ops = 0u64;
-            let mut t0 = Instant::now();
             loop {
                 let mut h = [0u8; 8];
                 r.read_exact(&mut h).await?;
                 r.read_exact(&mut rbody).await?;
-                let now = Instant::now();
-                let at = sent_at.pop_front().unwrap_or(now);
-                n += 1;
-                if n == warm {
-                    t0 = now;
-                } else if n > warm {
-                    let _ = hist.record((now - at).as_nanos().max(1) as u64);
-                    ops += 1;
-                    if ops % 16 == 0 && now - t0 >= duration {
-                        return Ok(Measured {
-                            ops,
-                            bytes: ops * (size + wl.reply_size()) as u64,
-                            elapsed: now - t0,
-                            hist,
-                        });
-                    }
+                if let Some(result) = rec.replied() {
+                    return Ok(result);
                 }
                 w.write_all(&frame).await?;
-                sent_at.push_back(Instant::now());
+                rec.sent();
                 if r.buffer().is_empty() {
                     w.flush().await?;
                 }
@@ -353,8 +361,7 @@ pub fn spsc_ring(wl: Workload, duration: Duration) -> io::Result<Measured> {
     let client = std::thread::spawn(move || -> io::Result<Measured> {
         pin(a);
         let req = vec![0x5au8; wl.request_size()];
-        let mut sent_at = VecDeque::new();
-        let mut hist = histogram();
+        let mut rec = Recorder::new(wl, duration);
         let mut rbuf = vec![0u8; reply_len.max(1)];
         let push = |p: &mut Producer| -> io::Result<()> {
             loop {
@@ -367,10 +374,8 @@ pub fn spsc_ring(wl: Workload, duration: Duration) -> io::Result<Measured> {
         };
         for _ in 0..wl.window() {
             push(&mut req_p)?;
-            sent_at.push_back(Instant::now());
+            rec.sent();
         }
-        let (mut n, mut ops, warm) = (0u64, 0u64, 2000u64);
-        let mut t0 = Instant::now();
         loop {
             match rep_c.try_pop(|_, s| s.copy_to(&mut rbuf)) {
                 Ok(Some(_)) => {}
@@ -380,25 +385,11 @@ pub fn spsc_ring(wl: Workload, duration: Duration) -> io::Result<Measured> {
                 }
                 Err(e) => return Err(io::Error::other(e)),
             }
-            let now = Instant::now();
-            let at = sent_at.pop_front().unwrap_or(now);
-            n += 1;
-            if n == warm {
-                t0 = now;
-            } else if n > warm {
-                let _ = hist.record((now - at).as_nanos().max(1) as u64);
-                ops += 1;
-                if ops % 16 == 0 && now - t0 >= duration {
-                    return Ok(Measured {
-                        ops,
-                        bytes: ops * (wl.request_size() + reply_len) as u64,
-                        elapsed: now - t0,
-                        hist,
-                    });
-                }
+            if let Some(result) = rec.replied() {
+                return Ok(result);
             }
             push(&mut req_p)?;
-            sent_at.push_back(Instant::now());
+            rec.sent();
         }
     });
     let m = client
