@@ -142,8 +142,35 @@ impl<E: Endpoint> Framed<E> {
         out.freeze()
     }
 
-    /// Receive the next message.
+    /// Receive the next message as one contiguous buffer (copied together when it arrived in
+    /// several chunks; see [`Framed::recv_msg_parts`] to avoid that).
     pub async fn recv_msg(&self) -> Result<Bytes> {
+        let len = self.recv_header().await?;
+        self.fill(HEADER_LEN + len).await?;
+        let _ = self.take(HEADER_LEN);
+        Ok(self.take(len))
+    }
+
+    /// Receive the next message as the chunks it arrived in, without copying.
+    pub async fn recv_msg_parts(&self) -> Result<Vec<Bytes>> {
+        let len = self.recv_header().await?;
+        self.fill(HEADER_LEN + len).await?;
+        let _ = self.take(HEADER_LEN);
+        let mut parts = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let n = self.rx.borrow().front().map_or(0, |c| c.len().min(left));
+            if n == 0 {
+                break;
+            }
+            parts.push(self.take(n));
+            left -= n;
+        }
+        Ok(parts)
+    }
+
+    /// Read and validate the next header; returns the payload length.
+    async fn recv_header(&self) -> Result<usize> {
         self.fill(HEADER_LEN).await?;
         let h = self.peek_header();
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
@@ -163,8 +190,6 @@ impl<E: Endpoint> Framed<E> {
                 max: self.max as u64,
             });
         }
-        self.fill(HEADER_LEN + len).await?;
-        let _ = self.take(HEADER_LEN);
-        Ok(self.take(len))
+        Ok(len)
     }
 }
