@@ -337,8 +337,9 @@ impl Conn {
         records > 0
     }
 
-    /// Moves queued bytes into the ring and area while they have room.
-    fn pump_tx(&self) -> bool {
+    /// Moves queued bytes into the ring and area while they have room. Called by the poller
+    /// every iteration and, to save a loop phase of latency, straight after a send queues data.
+    pub(crate) fn pump_tx(&self) -> bool {
         if self.closed.get() {
             return false;
         }

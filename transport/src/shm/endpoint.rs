@@ -80,7 +80,10 @@ impl Endpoint for ShmEndpoint {
             .sendq
             .push(bufs)
             .await
-            .map_err(|_| self.conn.send_error())
+            .map_err(|_| self.conn.send_error())?;
+        // Move the data into the ring now rather than at the poller's next turn.
+        self.conn.pump_tx();
+        Ok(())
     }
 
     fn try_send(&self, bufs: Vec<Bytes>) -> std::result::Result<(), (TransportError, Vec<Bytes>)> {
@@ -89,7 +92,7 @@ impl Endpoint for ShmEndpoint {
             return Err((self.conn.send_error(), bufs));
         }
         let q = &self.conn.sendq;
-        q.try_push(bufs).map_err(|bufs| {
+        let r = q.try_push(bufs).map_err(|bufs| {
             let e = if q.is_closed() {
                 self.conn.send_error()
             } else {
@@ -100,7 +103,11 @@ impl Endpoint for ShmEndpoint {
                 }
             };
             (e, bufs)
-        })
+        });
+        if r.is_ok() {
+            self.conn.pump_tx();
+        }
+        r
     }
 
     async fn flush(&self) -> Result<()> {

@@ -199,21 +199,22 @@ pub fn many_concurrent_connections<H: Harness>(h: H) {
 
 pub fn back_pressure_against_a_slow_reader<H: Harness>(h: H) {
     let rt = runtime();
-    let go = Arc::new(AtomicBool::new(false));
-    let go2 = go.clone();
-    let (tot_tx, tot_rx) = std::sync::mpsc::channel::<usize>();
-    let tot_rx = Arc::new(std::sync::Mutex::new(tot_rx));
+    // The client publishes the total it will send (what it queued until Full, plus the sends
+    // still to come) before it lets the reader start; nothing blocks a core thread.
+    let total_at = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total2 = total_at.clone();
     let (res_tx, res_rx) = std::sync::mpsc::channel::<usize>();
     let done = Arc::new(AtomicBool::new(false));
     let done2 = done.clone();
     let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
-        let (go, tot_rx, res_tx, done) =
-            (go2.clone(), tot_rx.clone(), res_tx.clone(), done2.clone());
+        let (total_at, res_tx, done) = (total2.clone(), res_tx.clone(), done2.clone());
         async move {
-            while !go.load(Ordering::SeqCst) {
-                timer::sleep(Duration::from_millis(2)).await;
-            }
-            let total = tot_rx.lock().unwrap().recv().unwrap();
+            let total = loop {
+                match total_at.load(Ordering::SeqCst) {
+                    0 => timer::sleep(Duration::from_millis(2)).await,
+                    t => break t,
+                }
+            };
             let mut got = 0usize;
             let mut k = 0usize;
             while got < total {
@@ -259,9 +260,10 @@ pub fn back_pressure_against_a_slow_reader<H: Harness>(h: H) {
             }
         }
         assert!(full, "try_send never reported Full after {sent} bytes");
-        go.store(true, Ordering::SeqCst);
+        const MORE: usize = 16;
+        total_at.store(sent + MORE * chunk, Ordering::SeqCst);
         // Everything queued arrives once the reader reads; send waits for room meanwhile.
-        for _ in 0..16 {
+        for _ in 0..MORE {
             let b: Bytes = (sent..sent + chunk)
                 .map(|k| (k % 251) as u8)
                 .collect::<Vec<_>>()
@@ -269,7 +271,6 @@ pub fn back_pressure_against_a_slow_reader<H: Harness>(h: H) {
             ep.send(vec![b]).await.unwrap();
             sent += chunk;
         }
-        tot_tx.send(sent).unwrap();
         ep.flush().await.unwrap();
         // Keep the endpoint until the server has read everything.
         while !done.load(Ordering::SeqCst) {
