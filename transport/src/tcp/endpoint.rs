@@ -2,8 +2,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use corewire_runtime::net::TcpStream;
@@ -39,6 +43,10 @@ struct Inner {
     /// The receive pool buffer (filled part is split off on each read).
     rx_buf: RefCell<BytesMut>,
     recv_busy: Cell<bool>,
+    /// The read in flight. It lives here, not in the `recv` future, so a `recv` that is
+    /// dropped (e.g. by a timeout) leaves the read running and the next `recv` gets its data:
+    /// `recv` is cancel-safe.
+    rx_op: RefCell<Option<ReadOp>>,
     /// Given away by `into_transfer`: close our fd only, never shut the connection down.
     transferred: Cell<bool>,
 }
@@ -76,6 +84,8 @@ impl Inner {
         }
     }
 }
+
+type ReadOp = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)>>>;
 
 /// A TCP connection owned by one core. Dropping it aborts the connection.
 pub struct TcpEndpoint {
@@ -137,6 +147,7 @@ impl TcpEndpoint {
             pending: RefCell::new(pending),
             rx_buf: RefCell::new(rx_buf),
             recv_busy: Cell::new(false),
+            rx_op: RefCell::new(None),
             transferred: Cell::new(false),
         });
         spawn_local(writer(inner.clone())).detach();
@@ -218,12 +229,29 @@ impl Endpoint for TcpEndpoint {
             });
         }
         let _guard = RecvGuard(&inner.recv_busy);
-        let mut buf = std::mem::take(&mut *inner.rx_buf.borrow_mut());
-        let min_room = (inner.cfg.recv_buf_size / 16).max(512);
-        if buf.capacity() - buf.len() < min_room {
-            buf = BytesMut::with_capacity(inner.cfg.recv_buf_size.max(min_room));
+        if inner.rx_op.borrow().is_none() {
+            let mut buf = std::mem::take(&mut *inner.rx_buf.borrow_mut());
+            let min_room = (inner.cfg.recv_buf_size / 16).max(512);
+            if buf.capacity() - buf.len() < min_room {
+                buf = BytesMut::with_capacity(inner.cfg.recv_buf_size.max(min_room));
+            }
+            let me = self.inner.clone();
+            *inner.rx_op.borrow_mut() = Some(Box::pin(async move { me.stream.read(buf).await }));
         }
-        let (r, mut buf) = inner.stream.read(buf).await;
+        let (r, mut buf) = poll_fn(|cx| {
+            let mut slot = inner.rx_op.borrow_mut();
+            let Some(op) = slot.as_mut() else {
+                return Poll::Ready((Err(io::ErrorKind::NotConnected.into()), BytesMut::new()));
+            };
+            match op.as_mut().poll(cx) {
+                Poll::Ready(v) => {
+                    *slot = None;
+                    Poll::Ready(v)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
         if let Some(e) = inner.error() {
             return Err(e); // aborted locally while the read was in flight
         }
@@ -283,7 +311,10 @@ impl Endpoint for TcpEndpoint {
     fn into_transfer(self) -> std::result::Result<TcpTransfer, (TransportError, Self)> {
         debug_assert_on_core(self.inner.core);
         let inner = &self.inner;
-        let busy = !inner.sendq.is_empty() || inner.sendq.is_inflight() || inner.recv_busy.get();
+        let busy = !inner.sendq.is_empty()
+            || inner.sendq.is_inflight()
+            || inner.recv_busy.get()
+            || inner.rx_op.borrow().is_some();
         if busy || inner.error().is_some() {
             let e = inner.error().unwrap_or(TransportError::WrongState {
                 peer: inner.peer.clone(),
@@ -313,6 +344,9 @@ impl Endpoint for TcpEndpoint {
 impl Drop for TcpEndpoint {
     fn drop(&mut self) {
         self.inner.kill();
+        // The stored read holds an Rc to `inner`: drop it to break the cycle (its io_uring op
+        // is cancelled and its buffer kept until the kernel lets go).
+        self.inner.rx_op.borrow_mut().take();
     }
 }
 

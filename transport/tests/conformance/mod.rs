@@ -502,6 +502,50 @@ pub fn peer_killed_mid_stream<H: Harness>(h: H) {
     rt.shutdown().unwrap();
 }
 
+/// `recv` is cancel-safe: a `recv` dropped after its read started, even one whose data has
+/// already arrived, loses nothing; the bytes come out of the next `recv`, in order.
+pub fn dropped_recv_loses_nothing<H: Harness>(h: H) {
+    let rt = runtime();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let tx = tx.clone();
+        async move {
+            // Start a receive, then stop polling it.
+            let mut first = Box::pin(ep.recv());
+            assert!(futures_lite::future::poll_once(&mut first).await.is_none());
+            // Let the client send while nobody polls the receive, then drop it unreturned.
+            tx.send(Vec::new()).unwrap();
+            timer::sleep(Duration::from_millis(200)).await;
+            drop(first);
+            let mut got = Vec::new();
+            while got.len() < 3000 {
+                got.extend_from_slice(&ep.recv().await.unwrap());
+            }
+            tx.send(got).unwrap();
+        }
+    });
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let rx2 = rx.clone();
+    client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let ep = t.connect(&addr).await.unwrap();
+        loop {
+            if rx2.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            timer::sleep(Duration::from_millis(2)).await;
+        }
+        for i in 0..3u8 {
+            ep.send(vec![Bytes::from(vec![i; 1000])]).await.unwrap();
+        }
+        ep.flush().await.unwrap();
+        timer::sleep(Duration::from_millis(300)).await;
+    });
+    let got = rx.lock().unwrap().recv_timeout(LIMIT).expect("server read");
+    let want: Vec<u8> = (0..3u8).flat_map(|i| vec![i; 1000]).collect();
+    assert_eq!(got, want);
+    rt.shutdown().unwrap();
+}
+
 /// Instantiate the suite for one stack: `conformance_tests!(MyHarness);`
 #[macro_export]
 macro_rules! conformance_tests {
@@ -541,6 +585,10 @@ macro_rules! conformance_tests {
         #[test]
         fn peer_killed_mid_stream() {
             conformance::peer_killed_mid_stream($h)
+        }
+        #[test]
+        fn dropped_recv_loses_nothing() {
+            conformance::dropped_recv_loses_nothing($h)
         }
     };
 }
