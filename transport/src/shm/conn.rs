@@ -148,8 +148,8 @@ pub(crate) struct Conn {
     peer_eos: Cell<bool>,
     dead: RefCell<Option<Dead>>,
     closed: Cell<bool>,
-    /// Free (ring, area) bytes seen when sending last ran out of room.
-    tx_blocked: Cell<Option<(usize, u64)>>,
+    /// Blocked for room: the consumer's (ring, area) positions read before the failed attempt.
+    tx_blocked: Cell<Option<(u64, u64)>>,
 }
 
 fn next_id() -> u64 {
@@ -352,10 +352,17 @@ impl Conn {
             return false;
         };
         let res = (|| -> Result<(bool, bool), String> {
-            if let Some((rf, af)) = self.tx_blocked.get() {
-                let r = m.tx.free_space().map_err(|e| e.to_string())?;
-                let a = m.out.free().map_err(|e| e.to_string())?;
-                if r <= rf && a <= af {
+            // The consumer's positions before this attempt. A blocked producer retries only
+            // once the consumer has moved past them (it released room). They are read before
+            // the attempt, so a consumer that drains everything right after a failed push
+            // still counts as having moved (a free-space snapshot taken after the failure
+            // could already be the maximum and never grow again: a lost wake-up).
+            let before = (
+                m.tx.consumer_position().map_err(|e| e.to_string())?,
+                m.out.released().map_err(|e| e.to_string())?,
+            );
+            if let Some(at) = self.tx_blocked.get() {
+                if before == at {
                     return Ok((false, true));
                 }
                 self.tx_blocked.set(None);
@@ -370,9 +377,7 @@ impl Conn {
                 }
             }
             if blocked {
-                let r = m.tx.free_space().map_err(|e| e.to_string())?;
-                let a = m.out.free().map_err(|e| e.to_string())?;
-                self.tx_blocked.set(Some((r, a)));
+                self.tx_blocked.set(Some(before));
             }
             if progress && m.tx.take_consumer_waiting() {
                 self.wake_peer();

@@ -379,6 +379,12 @@ impl Producer {
     }
 
     /// Free bytes in the data area (re-reads and validates `head`).
+    /// The consumer's position (bytes it has released), re-read and validated. Monotonic.
+    pub fn consumer_position(&mut self) -> Result<u64> {
+        self.head_cache = self.load_head(self.head_cache)?;
+        Ok(self.head_cache)
+    }
+
     pub fn free_space(&mut self) -> Result<usize> {
         self.head_cache = self.load_head(self.head_cache)?;
         Ok(self.raw.capacity - (self.tail - self.head_cache) as usize)
