@@ -1,0 +1,112 @@
+//! [`MessengerError`]: every failure of the messenger, each with its context (the peer's
+//! transport address wherever there is a peer).
+
+use std::time::Duration;
+
+use corewire_transport::{Address, TransportError};
+
+use crate::wire::WireError;
+
+/// Errors of `corewire-messenger`.
+#[derive(Debug, thiserror::Error)]
+pub enum MessengerError {
+    /// The transport failed (reset, refused, closed, ...).
+    #[error("transport to {peer}: {source}")]
+    Transport {
+        peer: Address,
+        #[source]
+        source: Box<TransportError>,
+    },
+    /// The peer sent bytes that do not decode (bad banner, bad crc, oversized segment,
+    /// malformed frame payload, unsupported msgr2 features).
+    #[error("protocol error from {peer} while {during}: {source}")]
+    Wire {
+        peer: Address,
+        during: &'static str,
+        #[source]
+        source: WireError,
+    },
+    /// A frame that is valid on its own but not allowed in the current state.
+    #[error("{peer} sent {got} while {during} (expected {expected})")]
+    UnexpectedFrame {
+        peer: Address,
+        during: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    /// The handshake was refused or cannot go on.
+    #[error("handshake with {peer} failed: {reason}")]
+    Handshake { peer: Address, reason: String },
+    /// The peer lacks Ceph features our policy requires (or the other way round).
+    #[error("{peer} lacks required features {missing:#x}")]
+    MissingFeatures { peer: Address, missing: u64 },
+    /// A MESSAGE frame whose seq is not the next one.
+    #[error("{peer} sent message seq {got}, expected {expected}")]
+    OutOfOrder {
+        peer: Address,
+        expected: u64,
+        got: u64,
+    },
+    /// Nothing was received for longer than the idle timeout (a stalled peer).
+    #[error("{peer} idle for {after:?} while {during}")]
+    IdleTimeout {
+        peer: Address,
+        during: &'static str,
+        after: Duration,
+    },
+    /// The connection was marked down or the messenger shut down.
+    #[error("connection to {peer} was closed locally")]
+    MarkedDown { peer: Address },
+    /// A message payload did not decode as the requested type.
+    #[error("message type {msg_type}: cannot decode as {ty}: {source}")]
+    Payload {
+        msg_type: u16,
+        ty: &'static str,
+        #[source]
+        source: WireError,
+    },
+    /// A call made in the wrong life-cycle state (e.g. `bind` after `start`).
+    #[error("{op}: {reason}")]
+    State { op: &'static str, reason: String },
+    /// The messenger was built with an invalid setting.
+    #[error("invalid messenger configuration: {0}")]
+    Config(String),
+    /// The runtime refused the work (shutting down, queue gone).
+    #[error(transparent)]
+    Runtime(#[from] corewire_runtime::RuntimeError),
+}
+
+impl MessengerError {
+    pub(crate) fn transport(peer: &Address, source: TransportError) -> Self {
+        MessengerError::Transport {
+            peer: peer.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn wire(peer: &Address, during: &'static str, source: WireError) -> Self {
+        MessengerError::Wire {
+            peer: peer.clone(),
+            during,
+            source,
+        }
+    }
+
+    pub(crate) fn state(op: &'static str, reason: impl Into<String>) -> Self {
+        MessengerError::State {
+            op,
+            reason: reason.into(),
+        }
+    }
+
+    /// The wire error underneath, if this is a protocol error.
+    pub fn wire_error(&self) -> Option<&WireError> {
+        match self {
+            MessengerError::Wire { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with [`MessengerError`].
+pub type Result<T, E = MessengerError> = std::result::Result<T, E>;

@@ -1,0 +1,366 @@
+//! The I/O handler of an established session (crimson's `IOHandler`): reads frames with the
+//! wire [`FrameDecoder`], writes them with the [`FrameAssembler`] (through the typed frames),
+//! keeps the priority out-queue, seqs, acks and keepalives. Everything here is core-local.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corewire_runtime::timer;
+use corewire_transport::{Address, AnyEndpoint, Endpoint};
+use futures_lite::future::or;
+
+use crate::error::{MessengerError, Result};
+use crate::message::Message;
+use crate::session::Conn;
+use crate::wire::{
+    Ack, Banner, ControlFrame, Frame, FrameDecoder, Keepalive2, Keepalive2Ack, MessageFrame, UTime,
+};
+
+/// Most payload bytes gathered into one transport send.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A one-waiter, core-local wake-up flag.
+#[derive(Default)]
+pub(crate) struct LocalNotify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    pub(crate) fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Completes once notified (consuming the notification).
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Per-session sequencing and the out-queue: ordered by priority (higher first), FIFO within a
+/// priority. A message's seq is assigned when it is written. Lossless sessions keep written
+/// messages until the peer acks them (`sent`), ready for replay after a reconnect.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    by_prio: BTreeMap<u16, VecDeque<Message>>,
+    len: usize,
+    /// Seq of the last message written.
+    pub out_seq: u64,
+    /// Seq of the last message received.
+    pub in_seq: u64,
+    /// The `in_seq` the peer was last told about (ACK frame or header `ack_seq`).
+    in_seq_acked: u64,
+    /// Written, not yet acked (lossless only).
+    sent: VecDeque<Message>,
+    keep_sent: bool,
+    keepalive: bool,
+    keepalive_ack: Option<UTime>,
+}
+
+impl OutQueue {
+    /// An empty queue; `keep_sent` for lossless policies.
+    pub fn new(keep_sent: bool) -> Self {
+        OutQueue {
+            keep_sent,
+            ..Default::default()
+        }
+    }
+
+    /// Queue a message.
+    pub fn push(&mut self, msg: Message) {
+        self.by_prio.entry(msg.priority).or_default().push_back(msg);
+        self.len += 1;
+    }
+
+    /// The next message to write: highest priority, oldest first.
+    pub fn pop(&mut self) -> Option<Message> {
+        let mut e = self.by_prio.last_entry()?;
+        let m = e.get_mut().pop_front();
+        if e.get().is_empty() {
+            e.remove();
+        }
+        self.len -= m.is_some() as usize;
+        m
+    }
+
+    /// Messages waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Written messages not yet acked by the peer.
+    pub fn unacked(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// The peer acked everything up to `seq`.
+    pub fn on_ack(&mut self, seq: u64) {
+        while self.sent.front().is_some_and(|m| m.seq <= seq) {
+            self.sent.pop_front();
+        }
+    }
+
+    pub(crate) fn set_keep_sent(&mut self, keep: bool) {
+        self.keep_sent = keep;
+    }
+
+    pub(crate) fn request_keepalive(&mut self) {
+        self.keepalive = true;
+    }
+
+    pub(crate) fn request_keepalive_ack(&mut self, ts: UTime) {
+        self.keepalive_ack = Some(ts);
+    }
+
+    /// Whether a frame is waiting to be written.
+    pub(crate) fn has_work(&self) -> bool {
+        self.len > 0
+            || self.keepalive
+            || self.keepalive_ack.is_some()
+            || self.in_seq > self.in_seq_acked
+    }
+
+    /// The next frames to write (empty when there is nothing to do): keepalive frames first,
+    /// then messages by priority up to about `max_bytes`, then an ACK if no message carried
+    /// the current `in_seq`.
+    pub(crate) fn next_batch(&mut self, max_bytes: usize) -> crate::wire::WireResult<Vec<Bytes>> {
+        let mut out = Vec::new();
+        if let Some(ts) = self.keepalive_ack.take() {
+            out.extend(Keepalive2Ack { timestamp: ts }.to_wire()?);
+        }
+        if std::mem::take(&mut self.keepalive) {
+            out.extend(
+                Keepalive2 {
+                    timestamp: UTime::now(),
+                }
+                .to_wire()?,
+            );
+        }
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            let Some(mut m) = self.pop() else { break };
+            self.out_seq += 1;
+            m.seq = self.out_seq;
+            bytes += m.payload_len();
+            let frame = MessageFrame {
+                header: m.header(self.in_seq),
+                front: m.front.clone(),
+                middle: m.middle.clone(),
+                data: m.data.clone(),
+            };
+            out.extend(frame.to_wire()?);
+            self.in_seq_acked = self.in_seq;
+            if self.keep_sent {
+                self.sent.push_back(m);
+            }
+        }
+        if self.in_seq > self.in_seq_acked {
+            out.extend(Ack { seq: self.in_seq }.to_wire()?);
+            self.in_seq_acked = self.in_seq;
+        }
+        Ok(out)
+    }
+}
+
+/// The read side of a connection: the frame decoder, the idle timeout and the peer (for
+/// errors). Travels with the endpoint when a connection moves to its owning core.
+pub(crate) struct FrameReader {
+    pub(crate) dec: FrameDecoder,
+    pub(crate) idle: Duration,
+    pub(crate) peer: Address,
+}
+
+impl FrameReader {
+    pub(crate) fn new(max_segment_len: u32, idle: Duration, peer: Address) -> Self {
+        FrameReader {
+            dec: FrameDecoder::with_max_segment_len(max_segment_len),
+            idle,
+            peer,
+        }
+    }
+
+    async fn recv_more(&mut self, ep: &AnyEndpoint, during: &'static str) -> Result<()> {
+        match timer::timeout(self.idle, ep.recv()).await {
+            Ok(Ok(chunk)) => {
+                self.dec.feed(chunk);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(MessengerError::transport(&self.peer, e)),
+            Err(_) => Err(MessengerError::IdleTimeout {
+                peer: self.peer.clone(),
+                during,
+                after: self.idle,
+            }),
+        }
+    }
+
+    /// The peer's banner.
+    pub(crate) async fn read_banner(&mut self, ep: &AnyEndpoint) -> Result<Banner> {
+        loop {
+            match self.dec.next_banner() {
+                Ok(Some(b)) => return Ok(b),
+                Ok(None) => self.recv_more(ep, "reading the banner").await?,
+                Err(e) => return Err(MessengerError::wire(&self.peer, "reading the banner", e)),
+            }
+        }
+    }
+
+    /// The next whole frame, decoded by tag.
+    pub(crate) async fn read_frame(
+        &mut self,
+        ep: &AnyEndpoint,
+        during: &'static str,
+    ) -> Result<Frame> {
+        loop {
+            match self.dec.next_frame() {
+                Ok(Some((tag, segs))) => {
+                    return Frame::decode(tag, &segs)
+                        .map_err(|e| MessengerError::wire(&self.peer, during, e))
+                }
+                Ok(None) => self.recv_more(ep, during).await?,
+                Err(e) => return Err(MessengerError::wire(&self.peer, during, e)),
+            }
+        }
+    }
+}
+
+/// Write `bufs` to `ep`.
+pub(crate) async fn write(ep: &AnyEndpoint, peer: &Address, bufs: Vec<Bytes>) -> Result<()> {
+    ep.send(bufs)
+        .await
+        .map_err(|e| MessengerError::transport(peer, e))
+}
+
+/// Run an established session until it fails or is marked down.
+pub(crate) async fn run_session(
+    ep: &AnyEndpoint,
+    mut reader: FrameReader,
+    conn: &Conn,
+    keepalive: Option<Duration>,
+) -> Result<()> {
+    let peer = reader.peer.clone();
+    let read = async {
+        loop {
+            let frame = reader.read_frame(ep, "reading frames").await?;
+            handle_frame(conn, &peer, frame)?;
+        }
+    };
+    let write_loop = async {
+        loop {
+            conn.wake.wait().await;
+            loop {
+                let bufs = conn
+                    .out
+                    .borrow_mut()
+                    .next_batch(BATCH_BYTES)
+                    .map_err(|e| MessengerError::wire(&peer, "encoding frames", e))?;
+                if bufs.is_empty() {
+                    break;
+                }
+                write(ep, &peer, bufs).await?;
+            }
+        }
+    };
+    let tick = async {
+        match keepalive {
+            Some(every) => loop {
+                timer::sleep(every).await;
+                conn.out.borrow_mut().request_keepalive();
+                conn.wake.notify();
+            },
+            None => std::future::pending::<Result<()>>().await,
+        }
+    };
+    // Whatever was queued before the session was up goes out now.
+    if conn.out.borrow().has_work() {
+        conn.wake.notify();
+    }
+    or(read, or(write_loop, tick)).await
+}
+
+fn handle_frame(conn: &Conn, peer: &Address, frame: Frame) -> Result<()> {
+    match frame {
+        Frame::Message(m) => {
+            {
+                let mut out = conn.out.borrow_mut();
+                let expected = out.in_seq + 1;
+                if m.header.seq != expected {
+                    return Err(MessengerError::OutOfOrder {
+                        peer: peer.clone(),
+                        expected,
+                        got: m.header.seq,
+                    });
+                }
+                out.in_seq = m.header.seq;
+                out.on_ack(m.header.ack_seq);
+            }
+            conn.wake.notify();
+            let msg = Message::from_wire(&m.header, m.front, m.middle, m.data);
+            conn.dispatch(msg);
+        }
+        Frame::Ack(a) => conn.out.borrow_mut().on_ack(a.seq),
+        Frame::Keepalive2(k) => {
+            conn.out.borrow_mut().request_keepalive_ack(k.timestamp);
+            conn.wake.notify();
+        }
+        Frame::Keepalive2Ack(k) => conn.last_keepalive_ack.set(Some(k.timestamp)),
+        other => {
+            return Err(MessengerError::UnexpectedFrame {
+                peer: peer.clone(),
+                during: "session established",
+                expected: "MESSAGE, ACK, KEEPALIVE2 or KEEPALIVE2_ACK",
+                got: format!("{:?}", other.tag()),
+            })
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_queue_orders_by_priority_then_fifo() {
+        let mut q = OutQueue::new(true);
+        for (tid, prio) in [(1, 10), (2, 200), (3, 10), (4, 200), (5, 127)] {
+            q.push(Message::new(1).with_priority(prio).with_tid(tid));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| m.tid).collect();
+        assert_eq!(order, [2, 4, 5, 1, 3]);
+    }
+
+    #[test]
+    fn seqs_assigned_on_write_and_trimmed_by_ack() {
+        let mut q = OutQueue::new(true);
+        for i in 0..3 {
+            q.push(Message::new(1).with_tid(i));
+        }
+        let bufs = q.next_batch(usize::MAX).unwrap();
+        assert!(!bufs.is_empty());
+        assert_eq!(q.out_seq, 3);
+        assert_eq!(q.unacked(), 3);
+        q.on_ack(2);
+        assert_eq!(q.unacked(), 1);
+        assert!(q.next_batch(usize::MAX).unwrap().is_empty());
+    }
+}

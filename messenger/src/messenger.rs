@@ -1,0 +1,440 @@
+//! [`Messenger`] and its builder: the life cycle (build, bind, add dispatchers, start,
+//! connect/send, mark down, shutdown, wait) of Ceph's `Messenger`, over any transport, with
+//! connections sharded across the runtime's cores by peer.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use corewire_runtime::{current_core, spawn_local, Handle};
+use corewire_transport::{Address, EndpointConfig, Listener, Transport, TransportKind};
+
+use crate::connection::{ConnectionRef, PeerAddr};
+use crate::dispatcher::{Dispatcher, DispatcherChain};
+use crate::error::{MessengerError, Result};
+use crate::message::Message;
+use crate::policy::{Policy, PolicySet};
+use crate::session::{self, core_state};
+use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
+
+/// The Ceph feature bits we advertise by default (`CEPH_FEATURES_ALL` of a Pacific build,
+/// to be checked against the ceph-mon we interoperate with).
+pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbf_fffd_ffff;
+/// Ceph's `ms_connection_idle_timeout` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
+static NEXT_MESSENGER_ID: AtomicU64 = AtomicU64::new(1);
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(NEXT_MESSENGER_ID.load(Ordering::Relaxed));
+    h.finish()
+}
+
+/// State shared by every core (read-mostly; nothing on the per-message path writes it).
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) name: EntityName,
+    pub(crate) auth_id: String,
+    pub(crate) nonce: u32,
+    pub(crate) kind: TransportKind,
+    pub(crate) handle: Handle,
+    pub(crate) endpoint_cfg: EndpointConfig,
+    pub(crate) policies: PolicySet,
+    pub(crate) banner: Banner,
+    pub(crate) features: u64,
+    pub(crate) max_segment_len: u32,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) my_addr: OnceLock<Address>,
+    /// Per connection attempt (Ceph's messenger-wide `global_seq`), not per message.
+    global_seq: AtomicU64,
+    pending_dispatchers: Mutex<Vec<Arc<dyn Dispatcher>>>,
+    chain: OnceLock<DispatcherChain>,
+    stopped: AtomicBool,
+    done: AtomicBool,
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl Shared {
+    pub(crate) fn chain(&self) -> DispatcherChain {
+        self.chain.get().cloned().unwrap_or_default()
+    }
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+    pub(crate) fn next_global_seq(&self) -> u64 {
+        self.global_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    pub(crate) fn cookie(&self) -> u64 {
+        random_u64() | 1
+    }
+    /// Whether `peer` is this messenger (local delivery).
+    pub(crate) fn is_me(&self, peer: &PeerAddr) -> bool {
+        self.my_addr.get() == Some(&peer.addr) && (peer.nonce == 0 || peer.nonce == self.nonce)
+    }
+    fn normalize(&self, peer: PeerAddr) -> PeerAddr {
+        if self.is_me(&peer) {
+            PeerAddr::new(peer.addr, self.nonce)
+        } else {
+            peer
+        }
+    }
+    pub(crate) fn shard_of(&self, peer: &PeerAddr) -> usize {
+        (self.normalize(peer.clone()).shard_hash() % self.handle.cores() as u64) as usize
+    }
+}
+
+/// Builds a [`Messenger`]; see [`Messenger::builder`].
+pub struct MessengerBuilder {
+    name: EntityName,
+    auth_id: Option<String>,
+    kind: TransportKind,
+    handle: Option<Handle>,
+    endpoint_cfg: EndpointConfig,
+    policies: PolicySet,
+    features: u64,
+    max_segment_len: u32,
+    idle_timeout: Duration,
+    keepalive_interval: Option<Duration>,
+    nonce: Option<u32>,
+}
+
+impl MessengerBuilder {
+    /// The transport (default tcp).
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.kind = kind;
+        self
+    }
+    /// The runtime (default: the current core's runtime).
+    pub fn handle(mut self, h: Handle) -> Self {
+        self.handle = Some(h);
+        self
+    }
+    /// Endpoint limits.
+    pub fn endpoint_config(mut self, cfg: EndpointConfig) -> Self {
+        self.endpoint_cfg = cfg;
+        self
+    }
+    /// The policy for peers of type `ty`.
+    pub fn policy(mut self, ty: EntityType, p: Policy) -> Self {
+        self.policies.set(ty, p);
+        self
+    }
+    /// The policy for peers without a specific one.
+    pub fn default_policy(mut self, p: Policy) -> Self {
+        self.policies.set_default(p);
+        self
+    }
+    /// Ceph features advertised (default [`DEFAULT_FEATURES`]).
+    pub fn features(mut self, f: u64) -> Self {
+        self.features = f;
+        self
+    }
+    /// Largest segment accepted from a peer (default 64 MiB).
+    pub fn max_segment_len(mut self, n: u32) -> Self {
+        self.max_segment_len = n;
+        self
+    }
+    /// Close a connection that receives nothing for this long (default 900 s). Also bounds a
+    /// peer stalling mid-frame or mid-handshake.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+    /// Send KEEPALIVE2 this often on established sessions (default: never).
+    pub fn keepalive_interval(mut self, d: Option<Duration>) -> Self {
+        self.keepalive_interval = d;
+        self
+    }
+    /// The auth entity id (`EntityName` id string; default the number, or "admin").
+    pub fn auth_id(mut self, id: impl Into<String>) -> Self {
+        self.auth_id = Some(id.into());
+        self
+    }
+    /// Our nonce (default random).
+    pub fn nonce(mut self, n: u32) -> Self {
+        self.nonce = Some(n);
+        self
+    }
+
+    pub fn build(self) -> Result<Messenger> {
+        let handle = match self.handle.or_else(Handle::current) {
+            Some(h) => h,
+            None => return Err(MessengerError::Config("no runtime handle given".into())),
+        };
+        if self.idle_timeout.is_zero() {
+            return Err(MessengerError::Config("idle timeout must be > 0".into()));
+        }
+        let id = NEXT_MESSENGER_ID.fetch_add(1, Ordering::Relaxed);
+        let auth_id = self.auth_id.unwrap_or_else(|| match self.name.num {
+            n if n >= 0 => n.to_string(),
+            _ => "admin".into(),
+        });
+        let shared = Shared {
+            id,
+            name: self.name,
+            auth_id,
+            nonce: self.nonce.unwrap_or_else(|| random_u64() as u32 | 1),
+            kind: self.kind,
+            handle,
+            endpoint_cfg: self.endpoint_cfg,
+            policies: self.policies,
+            banner: Banner::default(),
+            features: self.features,
+            max_segment_len: self.max_segment_len,
+            idle_timeout: self.idle_timeout,
+            keepalive_interval: self.keepalive_interval,
+            my_addr: OnceLock::new(),
+            global_seq: AtomicU64::new(0),
+            pending_dispatchers: Mutex::new(Vec::new()),
+            chain: OnceLock::new(),
+            stopped: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+        };
+        Ok(Messenger {
+            shared: Arc::new(shared),
+        })
+    }
+}
+
+/// A messenger: cheap to clone, usable from any thread or core.
+#[derive(Clone)]
+pub struct Messenger {
+    shared: Arc<Shared>,
+}
+
+impl Messenger {
+    /// A builder for entity `name` with defaults: tcp, policies per Ceph daemon type.
+    pub fn builder(name: EntityName) -> MessengerBuilder {
+        MessengerBuilder {
+            name,
+            auth_id: None,
+            kind: TransportKind::Tcp,
+            handle: None,
+            endpoint_cfg: EndpointConfig::default(),
+            policies: PolicySet::defaults_for(name.ty),
+            features: DEFAULT_FEATURES,
+            max_segment_len: DEFAULT_MAX_SEGMENT_LEN,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: None,
+            nonce: None,
+        }
+    }
+
+    pub fn name(&self) -> EntityName {
+        self.shared.name
+    }
+    pub fn nonce(&self) -> u32 {
+        self.shared.nonce
+    }
+    /// The bound address (with the real port), once bound.
+    pub fn my_addr(&self) -> Option<&Address> {
+        self.shared.my_addr.get()
+    }
+    /// Our own address as a peer key.
+    pub fn my_peer_addr(&self) -> Option<PeerAddr> {
+        self.my_addr()
+            .map(|a| PeerAddr::new(a.clone(), self.nonce()))
+    }
+    /// The core that owns connections to `peer`: `hash(addr, nonce) % cores`.
+    pub fn shard_of(&self, peer: &PeerAddr) -> usize {
+        self.shared.shard_of(peer)
+    }
+
+    /// Listen on `addr` (on core 0); returns the bound address. Accepting starts with
+    /// [`Messenger::start`].
+    pub async fn bind(&self, addr: &Address) -> Result<Address> {
+        if self.shared.my_addr.get().is_some() {
+            return Err(MessengerError::state("bind", "already bound"));
+        }
+        if addr.kind() != self.shared.kind {
+            return Err(MessengerError::Config(format!(
+                "cannot bind {addr} on a {} messenger",
+                self.shared.kind
+            )));
+        }
+        let (m, a) = (self.shared.clone(), addr.clone());
+        let bound = self
+            .shared
+            .handle
+            .spawn_on(0, move || async move {
+                let cs = core_state(&m).ok_or_else(|| MessengerError::state("bind", "stopped"))?;
+                let l = cs
+                    .transport()?
+                    .listen(&a)
+                    .await
+                    .map_err(|e| MessengerError::transport(&a, e))?;
+                let local = l.local_addr();
+                *cs.listener.borrow_mut() = Some(l);
+                Ok::<_, MessengerError>(local)
+            })
+            .await??;
+        let _ = self.shared.my_addr.set(bound.clone());
+        Ok(bound)
+    }
+
+    /// Add a dispatcher at the head of the chain (before `start`).
+    pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher>) -> Result<()> {
+        self.add_dispatcher(d, true)
+    }
+    /// Add a dispatcher at the tail of the chain (before `start`).
+    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher>) -> Result<()> {
+        self.add_dispatcher(d, false)
+    }
+
+    fn add_dispatcher(&self, d: Arc<dyn Dispatcher>, head: bool) -> Result<()> {
+        if self.shared.chain.get().is_some() {
+            return Err(MessengerError::state(
+                "add_dispatcher",
+                "the chain is fixed once the messenger started",
+            ));
+        }
+        let mut v = self
+            .shared
+            .pending_dispatchers
+            .lock()
+            .expect("not poisoned");
+        if head {
+            v.insert(0, d);
+        } else {
+            v.push(d);
+        }
+        Ok(())
+    }
+
+    /// Fix the dispatcher chain and start accepting (if bound).
+    pub fn start(&self) -> Result<()> {
+        let list = std::mem::take(&mut *self.shared.pending_dispatchers.lock().expect("poison"));
+        self.shared
+            .chain
+            .set(DispatcherChain::new(list))
+            .map_err(|_| MessengerError::state("start", "already started"))?;
+        if self.shared.my_addr.get().is_some() {
+            let m = self.shared.clone();
+            self.shared.handle.submit_detached(0, move || {
+                if let Some(cs) = core_state(&m) {
+                    if let Some(l) = cs.listener.borrow_mut().take() {
+                        spawn_local(session::accept_loop(cs.clone(), l)).detach();
+                    }
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check_running(&self, op: &'static str) -> Result<()> {
+        if self.shared.chain.get().is_none() {
+            return Err(MessengerError::state(op, "messenger not started"));
+        }
+        if self.shared.is_stopped() {
+            return Err(MessengerError::state(op, "messenger shut down"));
+        }
+        Ok(())
+    }
+
+    /// The connection to `peer` on its owning core, opened if needed (the handshake runs in
+    /// the background; messages sent meanwhile wait in the out-queue).
+    pub async fn connect(&self, peer: impl Into<PeerAddr>) -> Result<ConnectionRef> {
+        self.check_running("connect")?;
+        let peer = self.shared.normalize(peer.into());
+        let core = self.shard_of(&peer);
+        let m = self.shared.clone();
+        let open = move || core_state(&m).map(|cs| cs.connect(peer));
+        let r = if current_core() == Some(core) {
+            open()
+        } else {
+            self.shared.handle.submit_to(core, open).await?
+        };
+        r.ok_or_else(|| MessengerError::state("connect", "messenger shut down"))
+    }
+
+    /// Send `msg` to `peer`, connecting if needed; fire and forget, from any thread or core.
+    pub fn send_message(&self, msg: Message, peer: &PeerAddr) -> Result<()> {
+        self.check_running("send_message")?;
+        let peer = self.shared.normalize(peer.clone());
+        let core = self.shard_of(&peer);
+        let m = self.shared.clone();
+        let send = move || {
+            if let Some(cs) = core_state(&m) {
+                let c = cs.connect(peer);
+                session::deliver(m.id, &c, msg);
+            }
+        };
+        if current_core() == Some(core) {
+            send();
+            Ok(())
+        } else {
+            Ok(self.shared.handle.submit_detached(core, send)?)
+        }
+    }
+
+    /// Close the connection to `peer`, dropping its queue, without `ms_handle_reset`.
+    pub fn mark_down(&self, peer: &PeerAddr) -> Result<()> {
+        let peer = self.shared.normalize(peer.clone());
+        let m = self.shared.clone();
+        let core = self.shard_of(&peer);
+        Ok(self.shared.handle.submit_detached(core, move || {
+            if let Some(cs) = core_state(&m) {
+                cs.mark_down_peer(&peer);
+            }
+        })?)
+    }
+
+    /// Close every connection.
+    pub fn mark_down_all(&self) -> Result<()> {
+        for core in 0..self.shared.handle.cores() {
+            let m = self.shared.clone();
+            self.shared.handle.submit_detached(core, move || {
+                if let Some(cs) = core_state(&m) {
+                    cs.mark_down_all();
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stop listening, close every connection, and wake [`Messenger::wait`]ers.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared.stopped.store(true, Ordering::Release);
+        let id = self.shared.id;
+        for core in 0..self.shared.handle.cores() {
+            if current_core() == Some(core) {
+                session::stop_core(id);
+            } else {
+                self.shared
+                    .handle
+                    .submit_to(core, move || session::stop_core(id))
+                    .await?;
+            }
+        }
+        self.shared.done.store(true, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.shared.waiters.lock().expect("poison"));
+        waiters.into_iter().for_each(Waker::wake);
+        Ok(())
+    }
+
+    /// Wait until [`Messenger::shutdown`] completed.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.shared.done.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.shared
+                .waiters
+                .lock()
+                .expect("poison")
+                .push(cx.waker().clone());
+            if self.shared.done.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

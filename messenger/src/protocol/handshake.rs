@@ -1,0 +1,355 @@
+//! The msgr2.1 handshake in crc mode, client and server side (Ceph's `ProtocolV2`):
+//!
+//! ```text
+//! client                                   server
+//! banner                  <-->             banner          (feature check both ways)
+//! HELLO(type, addr seen)  <-->             HELLO
+//! AUTH_REQUEST(none, [crc], payload)  -->
+//!                         <--              AUTH_DONE(global_id, crc)
+//! AUTH_SIGNATURE          <-->             AUTH_SIGNATURE  (zero digest: no session key)
+//! CLIENT_IDENT            -->                              (server moves the connection
+//!                         <--              SERVER_IDENT     to its owning core here)
+//! ```
+//!
+//! Authentication goes through [`AuthNone`]; cephx adds AUTH_REPLY_MORE/AUTH_REQUEST_MORE
+//! rounds, a session key, the HMAC signature over the pre-auth bytes, and secure mode.
+
+use bytes::Bytes;
+use corewire_transport::{Address, AnyEndpoint};
+
+use crate::connection::{PeerAddr, PeerInfo};
+use crate::error::{MessengerError, Result};
+use crate::io::{write, FrameReader};
+use crate::messenger::Shared;
+use crate::policy::Policy;
+use crate::wire::frames::{AUTH_METHOD_NONE, CON_MODE_CRC, MSG_CONNECT_LOSSY};
+use crate::wire::{
+    AuthBadMethod, AuthDone, AuthRequest, AuthSignature, ClientIdent, ControlFrame, Decoder,
+    Encoder, EntityAddr, EntityAddrType, EntityAddrVec, EntityName, EntityType, Frame, Hello,
+    IdentMissingFeatures, ServerIdent,
+};
+
+/// `-EOPNOTSUPP`, the result in AUTH_BAD_METHOD.
+const EOPNOTSUPP: i32 = -95;
+
+/// The `entity_addr_t` for a transport address: msgr2 with the socket address for tcp; for
+/// transports without one (shm), a blank address carrying only the nonce.
+pub(crate) fn entity_addr(addr: &Address, nonce: u32) -> EntityAddr {
+    match addr.socket_addr() {
+        Some(sa) => EntityAddr::msgr2(sa, nonce),
+        None => EntityAddr {
+            ty: EntityAddrType::Msgr2,
+            nonce,
+            addr: None,
+        },
+    }
+}
+
+/// Auth method none (`CEPH_AUTH_NONE`): the request payload names us, the reply is empty.
+pub(crate) struct AuthNone;
+
+impl AuthNone {
+    /// Ceph's none authorizer: `u8 struct_v = 1`, `EntityName` (`u32 type`, string id),
+    /// `u64 global_id`.
+    fn request_payload(m: &Shared) -> Bytes {
+        let mut enc = Encoder::new();
+        enc.put_u8(1)
+            .put_u32(u32::from(m.name.ty as u8))
+            .put_str(&m.auth_id)
+            .put_u64(0);
+        enc.finish()
+    }
+
+    /// The global id a none request claims (0 when the payload does not parse).
+    fn global_id(payload: &Bytes) -> u64 {
+        let mut d = Decoder::from_bytes(payload);
+        (|| {
+            d.u8()?;
+            d.u32()?;
+            d.string()?;
+            d.u64()
+        })()
+        .unwrap_or(0)
+    }
+
+    /// The AUTH_SIGNATURE digest: zero without a session key.
+    fn signature() -> [u8; 32] {
+        [0; 32]
+    }
+}
+
+fn unexpected(
+    peer: &Address,
+    during: &'static str,
+    expected: &'static str,
+    f: &Frame,
+) -> MessengerError {
+    MessengerError::UnexpectedFrame {
+        peer: peer.clone(),
+        during,
+        expected,
+        got: format!("{:?}", f.tag()),
+    }
+}
+
+async fn send_frame<F: ControlFrame>(ep: &AnyEndpoint, peer: &Address, f: &F) -> Result<()> {
+    let bufs = f
+        .to_wire()
+        .map_err(|e| MessengerError::wire(peer, "encoding a handshake frame", e))?;
+    write(ep, peer, bufs).await
+}
+
+async fn exchange_banners(ep: &AnyEndpoint, rd: &mut FrameReader, m: &Shared) -> Result<()> {
+    let peer = rd.peer.clone();
+    write(ep, &peer, vec![m.banner.encode()]).await?;
+    let theirs = rd.read_banner(ep).await?;
+    m.banner
+        .check_peer(&theirs)
+        .map_err(|e| MessengerError::wire(&peer, "checking the banner", e))?;
+    Ok(())
+}
+
+async fn exchange_signatures(ep: &AnyEndpoint, rd: &mut FrameReader) -> Result<()> {
+    let peer = rd.peer.clone();
+    let sig = AuthSignature {
+        signature: AuthNone::signature(),
+    };
+    send_frame(ep, &peer, &sig).await?;
+    match rd.read_frame(ep, "waiting for AUTH_SIGNATURE").await? {
+        Frame::AuthSignature(s) if s.signature == AuthNone::signature() => Ok(()),
+        Frame::AuthSignature(_) => Err(MessengerError::Handshake {
+            peer,
+            reason: "AUTH_SIGNATURE does not match (no session key: expected zero)".into(),
+        }),
+        f => Err(unexpected(&peer, "authenticating", "AUTH_SIGNATURE", &f)),
+    }
+}
+
+/// Our addresses as sent in CLIENT_IDENT / SERVER_IDENT: the bound address, else the address
+/// the peer sees us at (from its HELLO) with our nonce.
+fn my_addrs(m: &Shared, seen: Option<&EntityAddr>) -> EntityAddrVec {
+    let a = match (m.my_addr.get(), seen) {
+        (Some(a), _) => entity_addr(a, m.nonce),
+        (None, Some(s)) => EntityAddr {
+            nonce: m.nonce,
+            ..*s
+        },
+        (None, None) => EntityAddr {
+            ty: EntityAddrType::Msgr2,
+            nonce: m.nonce,
+            addr: None,
+        },
+    };
+    EntityAddrVec::new(vec![a])
+}
+
+/// The client side. Returns what it learnt about the server and the policy chosen for it.
+pub(crate) async fn client(
+    ep: &AnyEndpoint,
+    rd: &mut FrameReader,
+    m: &Shared,
+    target: &PeerAddr,
+    global_seq: u64,
+    cookie: u64,
+) -> Result<(PeerInfo, Policy)> {
+    let peer = rd.peer.clone();
+    exchange_banners(ep, rd, m).await?;
+    let target_addr = entity_addr(&target.addr, target.nonce);
+    let hello = Hello {
+        entity_type: m.name.ty,
+        peer_addr: target_addr,
+    };
+    send_frame(ep, &peer, &hello).await?;
+    let theirs = match rd.read_frame(ep, "waiting for HELLO").await? {
+        Frame::Hello(h) => h,
+        f => return Err(unexpected(&peer, "waiting for HELLO", "HELLO", &f)),
+    };
+    let policy = m.policies.get(theirs.entity_type);
+
+    let req = AuthRequest {
+        method: AUTH_METHOD_NONE,
+        preferred_modes: vec![CON_MODE_CRC],
+        auth_payload: AuthNone::request_payload(m),
+    };
+    send_frame(ep, &peer, &req).await?;
+    match rd.read_frame(ep, "waiting for AUTH_DONE").await? {
+        Frame::AuthDone(d) if d.con_mode == CON_MODE_CRC => {}
+        Frame::AuthDone(d) => {
+            return Err(MessengerError::Handshake {
+                peer,
+                reason: format!(
+                    "server chose connection mode {}, we offered crc",
+                    d.con_mode
+                ),
+            })
+        }
+        Frame::AuthBadMethod(b) => {
+            return Err(MessengerError::Handshake {
+                peer,
+                reason: format!(
+                    "server refused auth method none ({}); allowed methods {:?}, modes {:?}",
+                    b.result, b.allowed_methods, b.allowed_modes
+                ),
+            })
+        }
+        f => return Err(unexpected(&peer, "authenticating", "AUTH_DONE", &f)),
+    }
+    exchange_signatures(ep, rd).await?;
+
+    let ident = ClientIdent {
+        addrs: my_addrs(m, Some(&theirs.peer_addr)),
+        target_addr,
+        gid: m.name.num,
+        global_seq,
+        supported_features: m.features,
+        required_features: policy.features_required,
+        flags: if policy.lossy { MSG_CONNECT_LOSSY } else { 0 },
+        cookie,
+    };
+    send_frame(ep, &peer, &ident).await?;
+    let s = match rd.read_frame(ep, "waiting for SERVER_IDENT").await? {
+        Frame::ServerIdent(s) => s,
+        Frame::IdentMissingFeatures(f) => {
+            return Err(MessengerError::MissingFeatures {
+                peer: m.my_addr.get().cloned().unwrap_or(peer),
+                missing: f.features,
+            })
+        }
+        f => {
+            return Err(unexpected(
+                &peer,
+                "waiting for SERVER_IDENT",
+                "SERVER_IDENT",
+                &f,
+            ))
+        }
+    };
+    let missing = policy.features_required & !s.supported_features;
+    if missing != 0 {
+        return Err(MessengerError::MissingFeatures { peer, missing });
+    }
+    let info = PeerInfo {
+        name: EntityName::new(theirs.entity_type, s.gid),
+        features: m.features & s.supported_features,
+        global_seq: s.global_seq,
+        cookie: s.cookie,
+        lossy: s.flags & MSG_CONNECT_LOSSY != 0,
+    };
+    Ok((info, policy))
+}
+
+/// What the server knows once the client identified itself.
+pub(crate) struct Accepted {
+    pub(crate) peer_type: EntityType,
+    pub(crate) ident: ClientIdent,
+    pub(crate) policy: Policy,
+}
+
+impl Accepted {
+    /// The client's nonce (from its first address).
+    pub(crate) fn nonce(&self) -> u32 {
+        self.ident.addrs.front().map_or(0, |a| a.nonce)
+    }
+}
+
+/// The server side up to and including CLIENT_IDENT.
+pub(crate) async fn server_accept(
+    ep: &AnyEndpoint,
+    rd: &mut FrameReader,
+    m: &Shared,
+) -> Result<Accepted> {
+    let peer = rd.peer.clone();
+    exchange_banners(ep, rd, m).await?;
+    let hello = Hello {
+        entity_type: m.name.ty,
+        peer_addr: entity_addr(&peer, 0),
+    };
+    send_frame(ep, &peer, &hello).await?;
+    let theirs = match rd.read_frame(ep, "waiting for HELLO").await? {
+        Frame::Hello(h) => h,
+        f => return Err(unexpected(&peer, "waiting for HELLO", "HELLO", &f)),
+    };
+    let policy = m.policies.get(theirs.entity_type);
+
+    let req = match rd.read_frame(ep, "waiting for AUTH_REQUEST").await? {
+        Frame::AuthRequest(r) => r,
+        f => return Err(unexpected(&peer, "authenticating", "AUTH_REQUEST", &f)),
+    };
+    if req.method != AUTH_METHOD_NONE || !req.preferred_modes.contains(&CON_MODE_CRC) {
+        let bad = AuthBadMethod {
+            method: req.method,
+            result: EOPNOTSUPP,
+            allowed_methods: vec![AUTH_METHOD_NONE],
+            allowed_modes: vec![CON_MODE_CRC],
+        };
+        let _ = send_frame(ep, &peer, &bad).await;
+        return Err(MessengerError::Handshake {
+            peer,
+            reason: format!(
+                "client asked for auth method {} with modes {:?}; we offer none/crc",
+                req.method, req.preferred_modes
+            ),
+        });
+    }
+    let done = AuthDone {
+        global_id: AuthNone::global_id(&req.auth_payload),
+        con_mode: CON_MODE_CRC,
+        auth_payload: Bytes::new(),
+    };
+    send_frame(ep, &peer, &done).await?;
+    exchange_signatures(ep, rd).await?;
+
+    let ident = match rd.read_frame(ep, "waiting for CLIENT_IDENT").await? {
+        Frame::ClientIdent(c) => c,
+        f => {
+            return Err(unexpected(
+                &peer,
+                "waiting for CLIENT_IDENT",
+                "CLIENT_IDENT",
+                &f,
+            ))
+        }
+    };
+    let missing = policy.features_required & !ident.supported_features;
+    if missing != 0 {
+        let _ = send_frame(ep, &peer, &IdentMissingFeatures { features: missing }).await;
+        return Err(MessengerError::MissingFeatures { peer, missing });
+    }
+    Ok(Accepted {
+        peer_type: theirs.entity_type,
+        ident,
+        policy,
+    })
+}
+
+/// The server's last step, on the connection's owning core: SERVER_IDENT.
+pub(crate) async fn server_finish(
+    ep: &AnyEndpoint,
+    peer: &Address,
+    m: &Shared,
+    acc: &Accepted,
+    global_seq: u64,
+    cookie: u64,
+) -> Result<PeerInfo> {
+    let ident = ServerIdent {
+        addrs: my_addrs(m, None),
+        gid: m.name.num,
+        global_seq,
+        supported_features: m.features,
+        required_features: acc.policy.features_required,
+        flags: if acc.policy.lossy {
+            MSG_CONNECT_LOSSY
+        } else {
+            0
+        },
+        cookie,
+    };
+    send_frame(ep, peer, &ident).await?;
+    Ok(PeerInfo {
+        name: EntityName::new(acc.peer_type, acc.ident.gid),
+        features: m.features & acc.ident.supported_features,
+        global_seq: acc.ident.global_seq,
+        cookie: acc.ident.cookie,
+        lossy: acc.policy.lossy || acc.ident.flags & MSG_CONNECT_LOSSY != 0,
+    })
+}

@@ -1,0 +1,529 @@
+#![allow(dead_code)]
+//! The messenger suite, written once and run over every transport through
+//! [`messenger_tests!`]: two messengers in one process on a two-core runtime.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corewire_messenger::wire::frame::Preamble;
+use corewire_messenger::wire::{
+    Banner, ControlFrame, EntityAddr, EntityName, EntityType, FrameAssembler, Hello, SegmentDesc,
+    Tag, WireError,
+};
+use corewire_messenger::{
+    ConnKind, ConnectionRef, Dispatched, Dispatcher, Message, Messenger, MessengerError, PeerAddr,
+};
+use corewire_runtime::{current_core, timer, Runtime};
+use corewire_transport::{
+    Address, AnyTransport, Endpoint, EndpointConfig, Transport, TransportKind,
+};
+
+pub trait Harness: Clone + Send + Sync + 'static {
+    fn kind(&self) -> TransportKind;
+    /// A fresh address to listen on.
+    fn listen_addr(&self) -> Address;
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+pub fn runtime() -> Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    Runtime::builder()
+        .cores(2)
+        .spin_before_park(Duration::from_micros(20))
+        .build()
+        .unwrap()
+}
+
+pub fn payload(i: usize, len: usize, salt: u8) -> Bytes {
+    (0..len)
+        .map(|k| (k.wrapping_mul(31) ^ i.wrapping_mul(7919)) as u8 ^ salt)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[derive(Default)]
+pub struct Seen {
+    pub msgs: Vec<(ConnectionRef, Message)>,
+    pub fast: Vec<(Option<usize>, usize)>,
+    pub connects: Vec<ConnectionRef>,
+    pub accepts: Vec<ConnectionRef>,
+    pub resets: Vec<(ConnectionRef, String)>,
+    pub errors: Vec<String>,
+    pub count: usize,
+}
+
+/// Records everything; claims messages of `claim` types (all when None), fast-dispatches
+/// `fast` types, and checks payloads of type 1 against [`payload`] instead of storing them.
+pub struct Recorder {
+    pub seen: Mutex<Seen>,
+    cv: Condvar,
+    claim: Option<Vec<u16>>,
+    fast: Vec<u16>,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Self> {
+        Self::with(None, vec![])
+    }
+    pub fn with(claim: Option<Vec<u16>>, fast: Vec<u16>) -> Arc<Self> {
+        Arc::new(Recorder {
+            seen: Mutex::new(Seen::default()),
+            cv: Condvar::new(),
+            claim,
+            fast,
+        })
+    }
+    fn update(&self, f: impl FnOnce(&mut Seen)) {
+        f(&mut self.seen.lock().unwrap());
+        self.cv.notify_all();
+    }
+    /// Wait (plain thread) until `pred` holds.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Seen) -> bool) {
+        let g = self.seen.lock().unwrap();
+        let (g, r) = self.cv.wait_timeout_while(g, LIMIT, |s| !pred(s)).unwrap();
+        assert!(
+            !r.timed_out(),
+            "timed out waiting for {what}; errors: {:?}",
+            g.errors
+        );
+    }
+}
+
+impl Dispatcher for Recorder {
+    fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) -> Dispatched {
+        if let Some(types) = &self.claim {
+            if !types.contains(&msg.msg_type) {
+                return Dispatched::NotClaimed(msg);
+            }
+        }
+        self.update(|s| {
+            s.count += 1;
+            if msg.msg_type == 1 {
+                let i = msg.tid as usize;
+                let n = msg.front.len();
+                let ok = msg.seq == i as u64 + 1
+                    && msg.front == payload(i, n, 1)
+                    && msg.middle == payload(i, msg.middle.len(), 2)
+                    && msg.data == payload(i, msg.data.len(), 3);
+                if !ok {
+                    s.errors
+                        .push(format!("message tid {i} seq {} differs", msg.seq));
+                }
+            } else {
+                s.msgs.push((conn.clone(), msg));
+            }
+        });
+        Dispatched::Claimed
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        self.fast.contains(&msg.msg_type)
+    }
+    fn ms_fast_dispatch(&self, conn: &ConnectionRef, _msg: Message) {
+        self.update(|s| s.fast.push((current_core(), conn.core())));
+    }
+    fn ms_handle_connect(&self, conn: &ConnectionRef) {
+        self.update(|s| s.connects.push(conn.clone()));
+    }
+    fn ms_handle_accept(&self, conn: &ConnectionRef) {
+        self.update(|s| s.accepts.push(conn.clone()));
+    }
+    fn ms_handle_reset(&self, conn: &ConnectionRef, reason: &MessengerError) -> bool {
+        self.update(|s| s.resets.push((conn.clone(), format!("{reason:?}"))));
+        true
+    }
+}
+
+pub struct Pair {
+    pub rt: Runtime,
+    pub server: Messenger,
+    pub client: Messenger,
+    pub srec: Arc<Recorder>,
+    pub crec: Arc<Recorder>,
+    pub addr: Address,
+}
+
+pub fn server<H: Harness>(
+    rt: &Runtime,
+    h: &H,
+    dispatchers: Vec<Arc<dyn Dispatcher>>,
+    idle: Duration,
+) -> (Messenger, Address) {
+    let m = Messenger::builder(EntityName::new(EntityType::Osd, 0))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .idle_timeout(idle)
+        .build()
+        .unwrap();
+    let addr = rt.block_on(m.bind(&h.listen_addr())).unwrap();
+    for d in dispatchers {
+        m.add_dispatcher_tail(d).unwrap();
+    }
+    m.start().unwrap();
+    (m, addr)
+}
+
+pub fn pair<H: Harness>(h: &H, srec: Arc<Recorder>) -> Pair {
+    let rt = runtime();
+    let (server, addr) = server(&rt, h, vec![srec.clone()], Duration::from_secs(30));
+    let client = Messenger::builder(EntityName::new(EntityType::Client, 7))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+    let crec = Recorder::new();
+    client.add_dispatcher_tail(crec.clone()).unwrap();
+    client.start().unwrap();
+    Pair {
+        rt,
+        server,
+        client,
+        srec,
+        crec,
+        addr,
+    }
+}
+
+impl Pair {
+    pub fn connect(&self) -> ConnectionRef {
+        self.rt.block_on(self.client.connect(&self.addr)).unwrap()
+    }
+    pub fn finish(self) {
+        self.rt.block_on(self.client.shutdown()).unwrap();
+        self.rt.block_on(self.server.shutdown()).unwrap();
+        self.rt.block_on(self.server.wait());
+        self.rt.shutdown().unwrap();
+    }
+}
+
+pub fn handshake_fires_connect_and_accept<H: Harness>(h: H) {
+    let p = pair(&h, Recorder::new());
+    let c = p.connect();
+    p.crec.wait_for("connect", |s| s.connects.len() == 1);
+    p.srec.wait_for("accept", |s| s.accepts.len() == 1);
+    let info = c.peer_info().unwrap();
+    assert_eq!(info.name, EntityName::new(EntityType::Osd, 0));
+    let acc = p.srec.seen.lock().unwrap().accepts[0].clone();
+    assert_eq!(
+        acc.peer_info().unwrap().name,
+        EntityName::new(EntityType::Client, 7)
+    );
+    assert_eq!(acc.peer().nonce, p.client.nonce());
+    assert_eq!(acc.kind(), ConnKind::Incoming);
+    // Each side's connection lives on its hash's core.
+    assert_eq!(acc.core(), p.server.shard_of(acc.peer()));
+    assert_eq!(c.core(), p.client.shard_of(c.peer()));
+    assert!(p.crec.seen.lock().unwrap().resets.is_empty());
+    p.finish();
+}
+
+pub fn ten_thousand_messages_byte_exact_in_order<H: Harness>(h: H) {
+    const N: usize = 10_000;
+    let p = pair(&h, Recorder::new());
+    let c = p.connect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..N {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = |x: u64| match x % 100 {
+            0 => (x >> 8) as usize % (1 << 20) + 1,
+            1..=10 => (x >> 8) as usize % (64 << 10),
+            11..=20 => 0,
+            _ => (x >> 8) as usize % 512,
+        };
+        let (f, m, d) = (len(x), len(x >> 3), len(x.rotate_left(17)));
+        let msg = Message::new(1).with_tid(i as u64).with_payload(
+            payload(i, f, 1),
+            payload(i, m, 2),
+            payload(i, d, 3),
+        );
+        c.send(msg).unwrap();
+    }
+    p.srec
+        .wait_for("10k messages", |s| s.count == N || !s.errors.is_empty());
+    assert!(p.srec.seen.lock().unwrap().errors.is_empty());
+    p.finish();
+}
+
+pub fn priorities_order_the_out_queue<H: Harness>(h: H) {
+    let p = pair(&h, Recorder::new());
+    let core = p.client.shard_of(&PeerAddr::from(&p.addr));
+    let (cl, addr) = (p.client.clone(), p.addr.clone());
+    // On the owning core, queue everything before the handshake can run.
+    p.rt.block_on(p.rt.handle().spawn_on(core, move || async move {
+        let c = cl.connect(&addr).await.unwrap();
+        for (tid, prio) in [
+            (0u64, 10u16),
+            (1, 200),
+            (2, 127),
+            (3, 200),
+            (4, 10),
+            (5, 255),
+        ] {
+            c.send(Message::new(2).with_tid(tid).with_priority(prio))
+                .unwrap();
+        }
+    }))
+    .unwrap();
+    p.srec.wait_for("6 messages", |s| s.msgs.len() == 6);
+    let got: Vec<(u64, u64)> = p
+        .srec
+        .seen
+        .lock()
+        .unwrap()
+        .msgs
+        .iter()
+        .map(|(_, m)| (m.tid, m.seq))
+        .collect();
+    assert_eq!(got, [(5, 1), (1, 2), (3, 3), (2, 4), (0, 5), (4, 6)]);
+    p.finish();
+}
+
+pub fn first_dispatcher_to_claim_wins<H: Harness>(h: H) {
+    let rt = runtime();
+    let head = Recorder::with(Some(vec![10]), vec![]);
+    let tail = Recorder::new();
+    let (server, addr) = server(&rt, &h, vec![head.clone(), tail.clone()], LIMIT);
+    let client = Messenger::builder(EntityName::new(EntityType::Client, 1))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+    client.start().unwrap();
+    for t in [10u16, 20, 10, 20, 20] {
+        client
+            .send_message(Message::new(t), &PeerAddr::from(&addr))
+            .unwrap();
+    }
+    tail.wait_for("3 of type 20", |s| s.msgs.len() == 3);
+    head.wait_for("2 of type 10", |s| s.msgs.len() == 2);
+    assert!(head
+        .seen
+        .lock()
+        .unwrap()
+        .msgs
+        .iter()
+        .all(|(_, m)| m.msg_type == 10));
+    assert!(tail
+        .seen
+        .lock()
+        .unwrap()
+        .msgs
+        .iter()
+        .all(|(_, m)| m.msg_type == 20));
+    rt.block_on(client.shutdown()).unwrap();
+    rt.block_on(server.shutdown()).unwrap();
+    rt.shutdown().unwrap();
+}
+
+pub fn fast_dispatch_runs_on_the_connection_core<H: Harness>(h: H) {
+    let p = pair(&h, Recorder::with(None, vec![30]));
+    let c = p.connect();
+    for _ in 0..10 {
+        c.send(Message::new(30)).unwrap();
+    }
+    c.send(Message::new(31)).unwrap();
+    p.srec
+        .wait_for("fast + normal", |s| s.fast.len() == 10 && s.msgs.len() == 1);
+    for (ran_on, owner) in &p.srec.seen.lock().unwrap().fast {
+        assert_eq!(*ran_on, Some(*owner));
+    }
+    p.finish();
+}
+
+pub fn send_message_from_four_threads<H: Harness>(h: H) {
+    const PER: usize = 500;
+    let p = pair(&h, Recorder::new());
+    let peer = PeerAddr::from(&p.addr);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (cl, peer) = (p.client.clone(), peer.clone());
+            s.spawn(move || {
+                for i in 0..PER as u64 {
+                    let m = Message::new(4).with_tid(t << 32 | i).with_payload(
+                        Bytes::from(vec![t as u8; 100]),
+                        Bytes::new(),
+                        Bytes::new(),
+                    );
+                    cl.send_message(m, &peer).unwrap();
+                }
+            });
+        }
+    });
+    p.srec
+        .wait_for("2000 messages", |s| s.msgs.len() == 4 * PER);
+    let seen = p.srec.seen.lock().unwrap();
+    let mut next = [0u64; 4];
+    for (i, (_, m)) in seen.msgs.iter().enumerate() {
+        assert_eq!(m.seq, i as u64 + 1);
+        let (t, n) = ((m.tid >> 32) as usize, m.tid & 0xffff_ffff);
+        assert_eq!(n, next[t], "thread {t} out of order");
+        assert!(m.front.iter().all(|&b| b == t as u8));
+        next[t] += 1;
+    }
+    let conns: std::collections::HashSet<u64> = seen.msgs.iter().map(|(c, _)| c.id()).collect();
+    assert_eq!(conns.len(), 1, "one session for all threads");
+    drop(seen);
+    p.finish();
+}
+
+pub fn local_delivery<H: Harness>(h: H) {
+    let p = pair(&h, Recorder::new());
+    let me = p.server.my_peer_addr().unwrap();
+    for tid in 0..3 {
+        p.server
+            .send_message(Message::new(5).with_tid(tid), &me)
+            .unwrap();
+    }
+    p.srec.wait_for("3 local", |s| s.msgs.len() == 3);
+    let seen = p.srec.seen.lock().unwrap();
+    for (i, (c, m)) in seen.msgs.iter().enumerate() {
+        assert_eq!(c.kind(), ConnKind::Local);
+        assert_eq!(m.tid, i as u64);
+        assert_eq!(c.core(), p.server.shard_of(&me));
+    }
+    assert!(seen.accepts.is_empty(), "no network connection");
+    drop(seen);
+    p.finish();
+}
+
+/// Connect a raw endpoint to `addr` on core 0 and write `bytes`; keep it open for `hold`.
+fn raw_peer<H: Harness>(rt: &Runtime, h: &H, addr: &Address, bytes: Vec<Bytes>, hold: Duration) {
+    let (kind, addr) = (h.kind(), addr.clone());
+    rt.handle()
+        .spawn_on(0, move || async move {
+            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+            let ep = t.connect(&addr).await.unwrap();
+            ep.send(bytes).await.unwrap();
+            // Drain whatever the server says, until it closes or `hold` passes.
+            let _ = timer::timeout(hold, async { while ep.recv().await.is_ok() {} }).await;
+        })
+        .detach();
+}
+
+fn bad_input<H: Harness>(h: H, bytes: Vec<Bytes>, check: impl Fn(&str) -> bool, what: &str) {
+    let rt = runtime();
+    let rec = Recorder::new();
+    let (server, addr) = server(&rt, &h, vec![rec.clone()], Duration::from_millis(500));
+    raw_peer(&rt, &h, &addr, bytes, Duration::from_secs(5));
+    rec.wait_for("reset", |s| !s.resets.is_empty());
+    let (conn, reason) = rec.seen.lock().unwrap().resets[0].clone();
+    assert!(check(&reason), "{what}: got {reason}");
+    assert!(conn.is_closed());
+    assert!(rec.seen.lock().unwrap().accepts.is_empty());
+    rt.block_on(server.shutdown()).unwrap();
+    rt.shutdown().unwrap();
+}
+
+fn hello_frame() -> Bytes {
+    let h = Hello {
+        entity_type: EntityType::Client,
+        peer_addr: EntityAddr::default(),
+    };
+    FrameAssembler::encode_contiguous(Tag::Hello, &[h.to_payload()]).unwrap()
+}
+
+pub fn bad_banner_is_a_typed_error<H: Harness>(h: H) {
+    let junk = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxxxxxxxxxxxxxxxxxxx");
+    bad_input(h, vec![junk], |r| r.contains("BadBanner"), "bad banner");
+}
+
+pub fn bad_crc_is_a_typed_error<H: Harness>(h: H) {
+    let mut f = hello_frame().to_vec();
+    let last = f.len() - 5; // inside the payload, before its crc
+    f[last] ^= 0xff;
+    bad_input(
+        h,
+        vec![Banner::default().encode(), f.into()],
+        |r| r.contains("BadCrc"),
+        "bad crc",
+    );
+}
+
+pub fn oversized_segment_is_a_typed_error<H: Harness>(h: H) {
+    let mut segments = [SegmentDesc::default(); 4];
+    segments[0] = SegmentDesc {
+        len: 100 << 20,
+        align: 8,
+    };
+    let p = Preamble {
+        tag: Tag::Hello,
+        num_segments: 1,
+        segments,
+        flags: 0,
+    };
+    let pre = Bytes::copy_from_slice(&p.encode());
+    bad_input(
+        h,
+        vec![Banner::default().encode(), pre],
+        |r| r.contains("SegmentTooLarge"),
+        "oversized segment",
+    );
+}
+
+pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
+    let f = hello_frame();
+    let half = f.slice(..f.len() / 2);
+    bad_input(
+        h,
+        vec![Banner::default().encode(), half],
+        |r| r.contains("IdleTimeout"),
+        "stall",
+    );
+}
+
+pub fn lossy_peer_drop_reports_reset<H: Harness>(h: H) {
+    let p = pair(&h, Recorder::new());
+    let c = p.connect();
+    p.srec.wait_for("accept", |s| s.accepts.len() == 1);
+    p.crec.wait_for("connect", |s| s.connects.len() == 1);
+    p.server.mark_down_all().unwrap();
+    p.crec.wait_for("reset", |s| s.resets.len() == 1);
+    assert!(c.is_closed());
+    assert!(!matches!(
+        c.close_reason(),
+        Some(MessengerError::MarkedDown { .. })
+    ));
+    // mark_down is local: the server reports no reset.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(p.srec.seen.lock().unwrap().resets.is_empty());
+    p.finish();
+}
+
+#[allow(unused)]
+fn _wire_error_is_public(_: WireError) {}
+
+#[macro_export]
+macro_rules! messenger_tests {
+    ($h:expr) => {
+        messenger_tests!(@ $h;
+            handshake_fires_connect_and_accept,
+            ten_thousand_messages_byte_exact_in_order,
+            priorities_order_the_out_queue,
+            first_dispatcher_to_claim_wins,
+            fast_dispatch_runs_on_the_connection_core,
+            send_message_from_four_threads,
+            local_delivery,
+            bad_banner_is_a_typed_error,
+            bad_crc_is_a_typed_error,
+            oversized_segment_is_a_typed_error,
+            stalled_peer_hits_the_idle_timeout,
+            lossy_peer_drop_reports_reset,
+        );
+    };
+    (@ $h:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                suite::$name($h);
+            }
+        )*
+    };
+}
