@@ -5,6 +5,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::addr::{Address, TransportKind};
 use crate::error::{Result, TransportError};
+#[cfg(feature = "rdma")]
+use crate::rdma::{RdmaEndpoint, RdmaListener, RdmaTransfer, RdmaTransport};
 use crate::shm::{ShmEndpoint, ShmListener, ShmTransfer, ShmTransport};
 use crate::stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
 use crate::tcp::{TcpEndpoint, TcpListener, TcpTransfer, TcpTransport};
@@ -14,6 +16,8 @@ use crate::tcp::{TcpEndpoint, TcpListener, TcpTransfer, TcpTransport};
 pub enum AnyTransport {
     Tcp(TcpTransport),
     Shm(ShmTransport),
+    #[cfg(feature = "rdma")]
+    Rdma(RdmaTransport),
 }
 
 impl AnyTransport {
@@ -22,9 +26,11 @@ impl AnyTransport {
         match kind {
             TransportKind::Tcp => Ok(AnyTransport::Tcp(TcpTransport::new(cfg))),
             TransportKind::Shm => Ok(AnyTransport::Shm(ShmTransport::new(cfg))),
+            #[cfg(feature = "rdma")]
+            TransportKind::Rdma => Ok(AnyTransport::Rdma(RdmaTransport::new(cfg))),
+            #[cfg(not(feature = "rdma"))]
             TransportKind::Rdma => Err(TransportError::Unavailable {
-                what: "the rdma stack is not implemented yet (needs the `rdma` feature and \
-                       the RDMA issue's verbs layer)"
+                what: "the rdma stack needs the `rdma` cargo feature (corewire-transport/rdma)"
                     .into(),
             }),
         }
@@ -42,18 +48,24 @@ pub async fn connect_any(addr: &Address) -> Result<AnyEndpoint> {
 pub enum AnyListener {
     Tcp(TcpListener),
     Shm(ShmListener),
+    #[cfg(feature = "rdma")]
+    Rdma(RdmaListener),
 }
 
 /// An endpoint of any stack.
 pub enum AnyEndpoint {
     Tcp(TcpEndpoint),
     Shm(ShmEndpoint),
+    #[cfg(feature = "rdma")]
+    Rdma(RdmaEndpoint),
 }
 
 /// A transfer of any stack.
 pub enum AnyTransfer {
     Tcp(TcpTransfer),
     Shm(Box<ShmTransfer>),
+    #[cfg(feature = "rdma")]
+    Rdma(RdmaTransfer),
 }
 
 impl Transport for AnyTransport {
@@ -64,18 +76,24 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Tcp(t) => t.kind(),
             AnyTransport::Shm(t) => t.kind(),
+            #[cfg(feature = "rdma")]
+            AnyTransport::Rdma(t) => t.kind(),
         }
     }
     async fn listen(&self, addr: &Address) -> Result<AnyListener> {
         match self {
             AnyTransport::Tcp(t) => t.listen(addr).await.map(AnyListener::Tcp),
             AnyTransport::Shm(t) => t.listen(addr).await.map(AnyListener::Shm),
+            #[cfg(feature = "rdma")]
+            AnyTransport::Rdma(t) => t.listen(addr).await.map(AnyListener::Rdma),
         }
     }
     async fn connect(&self, addr: &Address) -> Result<AnyEndpoint> {
         match self {
             AnyTransport::Tcp(t) => t.connect(addr).await.map(AnyEndpoint::Tcp),
             AnyTransport::Shm(t) => t.connect(addr).await.map(AnyEndpoint::Shm),
+            #[cfg(feature = "rdma")]
+            AnyTransport::Rdma(t) => t.connect(addr).await.map(AnyEndpoint::Rdma),
         }
     }
 }
@@ -86,12 +104,16 @@ impl Listener for AnyListener {
         match self {
             AnyListener::Tcp(l) => l.accept().await.map(AnyEndpoint::Tcp),
             AnyListener::Shm(l) => l.accept().await.map(AnyEndpoint::Shm),
+            #[cfg(feature = "rdma")]
+            AnyListener::Rdma(l) => l.accept().await.map(AnyEndpoint::Rdma),
         }
     }
     fn local_addr(&self) -> Address {
         match self {
             AnyListener::Tcp(l) => l.local_addr(),
             AnyListener::Shm(l) => l.local_addr(),
+            #[cfg(feature = "rdma")]
+            AnyListener::Rdma(l) => l.local_addr(),
         }
     }
 }
@@ -101,6 +123,8 @@ macro_rules! each {
         match $self {
             AnyEndpoint::Tcp($e) => $body,
             AnyEndpoint::Shm($e) => $body,
+            #[cfg(feature = "rdma")]
+            AnyEndpoint::Rdma($e) => $body,
         }
     };
 }
@@ -148,6 +172,11 @@ impl Endpoint for AnyEndpoint {
                 .into_transfer()
                 .map(|t| AnyTransfer::Shm(Box::new(t)))
                 .map_err(|(err, e)| (err, AnyEndpoint::Shm(e))),
+            #[cfg(feature = "rdma")]
+            AnyEndpoint::Rdma(e) => e
+                .into_transfer()
+                .map(AnyTransfer::Rdma)
+                .map_err(|(err, e)| (err, AnyEndpoint::Rdma(e))),
         }
     }
 }
@@ -158,6 +187,8 @@ impl Transfer for AnyTransfer {
         match self {
             AnyTransfer::Tcp(t) => t.attach().map(AnyEndpoint::Tcp),
             AnyTransfer::Shm(t) => t.attach().map(AnyEndpoint::Shm),
+            #[cfg(feature = "rdma")]
+            AnyTransfer::Rdma(t) => t.attach().map(AnyEndpoint::Rdma),
         }
     }
 }

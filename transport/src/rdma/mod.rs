@@ -2,5 +2,38 @@
 //!
 //! [`verbs`] holds every FFI call into libibverbs (rdma-core, through `rdma-sys`) behind RAII
 //! wrappers; the layers above it use only its safe (or explicitly `unsafe`-contracted) API.
+//!
+//! # Phase 1 design
+//! - **Per core, shared-nothing.** Each core opens, lazily on its first listener or
+//!   connection, one device context, PD, completion queue (sends and receives of every QP of
+//!   the core; one completion channel) and registered send pool, kept in a thread-local
+//!   ([`core`]). One [`Poller`](corewire_runtime::Poller) per core busy-polls the CQ in
+//!   batches, routes completions by QP number, and posts what dirty connections have queued,
+//!   one `ibv_post_send` chain per connection and turn (doorbell batching). Interrupt mode arms
+//!   the CQ (`ibv_req_notify_cq`) and re-polls afterwards, vetoing the park if completions
+//!   raced in; the channel fd is the poller's `interrupt_fd`. No lock, atomic or eventfd on
+//!   the data path.
+//! - **Receive queues: one per QP**, [`conn::RECV_BUFS`] buffers of [`core::CHUNK`] bytes each.
+//!   Simpler than an SRQ and it makes credits exact per connection; an SRQ per core would cut
+//!   receive memory with many mostly idle connections (16 × 16 KiB = 256 KiB per QP now), but
+//!   needs shared-pool credit accounting; that decision needs measurement (phase 2).
+//! - **Setup** over a TCP side channel on the owning core (the runtime's io_uring
+//!   `TcpStream`): a versioned, length-checked exchange ([`setup`]) of QPN, PSN, GID, LID, port
+//!   MTU, receive credits and buffer size, then a ready byte each way; bounded by the connect
+//!   timeout. The side channel stays open: EOF on it means the peer closed or died.
+//! - **Data path:** every byte goes by SEND WITH IMM, copied from the user's `Bytes` into
+//!   registered pool chunks (inline, without a chunk, up to `max_inline_data`), selective
+//!   signaling; receives land in registered buffers and `recv` copies them out into a `Bytes`
+//!   (phase 1 copies on both sides; zero-copy WRITE WITH IMM for large payloads is phase 2).
+//!   Credit-based flow control, see [`conn`].
+//! - **Hand-off** between cores is not supported: `into_transfer` always refuses with
+//!   `WrongState` (the QP is bound to its core's CQ and PD; moving it means reconnecting).
 
+mod conn;
+mod core;
+mod setup;
+mod stack;
 pub mod verbs;
+
+pub use conn::{RdmaEndpoint, RdmaTransfer};
+pub use stack::{RdmaListener, RdmaTransport};
