@@ -42,7 +42,12 @@ struct Rdma;
 impl conformance::Harness for Rdma {
     type T = RdmaTransport;
     fn transport(&self, cfg: EndpointConfig) -> RdmaTransport {
-        RdmaTransport::new(cfg)
+        // Under software emulation (TCG guest, Soft-RoCE) one QP setup can take tens of
+        // milliseconds and 256 of them queue behind each other: give setup generous room.
+        RdmaTransport::new(EndpointConfig {
+            connect_timeout: std::time::Duration::from_secs(120),
+            ..cfg
+        })
     }
     fn listen_addr(&self) -> Address {
         format!("rdma://{}:0?dev={}", ip(), dev_name())
