@@ -78,6 +78,10 @@ pub struct PeerInfo {
     pub cookie: u64,
     /// The session is lossy (`CEPH_MSG_CONNECT_LOSSY`).
     pub lossy: bool,
+    /// The global id AUTH_DONE carried: on an outgoing connection the one the server
+    /// assigned us (a monitor assigns a fresh one with auth none), on an incoming one the
+    /// one we granted the client.
+    pub global_id: u64,
 }
 
 pub(crate) struct ConnShared {

@@ -20,9 +20,14 @@ use crate::policy::{Policy, PolicySet};
 use crate::session::{self, core_state};
 use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
 
-/// The Ceph feature bits we advertise by default (`CEPH_FEATURES_ALL` of a Pacific build,
-/// to be checked against the ceph-mon we interoperate with).
-pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbf_fffd_ffff;
+/// The Ceph feature bits we advertise by default: `CEPH_FEATURES_ALL` of Ceph 16.2 Pacific,
+/// as `ceph features` reports for both the 16.2.15 `ceph-mon` and `ceph` CLI.
+///
+/// It must match exactly for a monitor to send maps as it stores them: a peer with extra or
+/// missing OSDMap-significant bits (bit 33 was wrongly set here before) makes the mon
+/// re-encode the OSDMap for it (`MOSDMap::encode_payload`), and 16.2.15 aborts in
+/// `OSDMap::decode_classic` doing so.
+pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbd_fffd_ffff;
 /// Ceph's `ms_connection_idle_timeout` default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
 

@@ -45,22 +45,41 @@ pub(crate) fn entity_addr(addr: &Address, nonce: u32) -> EntityAddr {
     }
 }
 
+/// `AUTH_MODE_AUTHORIZER` (`auth/Auth.h`): the first payload byte of a request to a
+/// service (osd, mds, mgr); for auth none it doubles as the authorizer's `struct_v` 1.
+const AUTH_MODE_AUTHORIZER: u8 = 1;
+/// `AUTH_MODE_MON`: the first payload byte of a request to a monitor.
+const AUTH_MODE_MON: u8 = 10;
+
 /// Auth method none (`CEPH_AUTH_NONE`): the request payload names us, the reply is empty.
 pub(crate) struct AuthNone;
 
 impl AuthNone {
-    /// Ceph's none authorizer: `u8 struct_v = 1`, `EntityName` (`u32 type`, string id),
-    /// `u64 global_id`.
-    fn request_payload(m: &Shared) -> Bytes {
+    /// The AUTH_REQUEST payload: `u8 auth_mode`, auth `EntityName` (`u32 type`, string id),
+    /// `u64 global_id` (0: not assigned yet).
+    ///
+    /// To a monitor, `auth_mode` is `AUTH_MODE_MON` (`MonConnection::get_auth_request`; the
+    /// none handler adds nothing after it) and the mon assigns our global id in AUTH_DONE.
+    /// To any other service it is `AuthNoneAuthorizer::build_authorizer`'s `struct_v = 1`
+    /// (`AUTH_MODE_AUTHORIZER`), checked by `AuthNoneAuthorizeHandler`. A monitor also
+    /// accepts the authorizer form, but then treats us as an already-authenticated service
+    /// and assigns no global id.
+    fn request_payload(m: &Shared, peer_type: EntityType) -> Bytes {
+        let mode = if peer_type == EntityType::Mon {
+            AUTH_MODE_MON
+        } else {
+            AUTH_MODE_AUTHORIZER
+        };
         let mut enc = Encoder::new();
-        enc.put_u8(1)
+        enc.put_u8(mode)
             .put_u32(u32::from(m.name.ty as u8))
             .put_str(&m.auth_id)
             .put_u64(0);
         enc.finish()
     }
 
-    /// The global id a none request claims (0 when the payload does not parse).
+    /// The global id a none request claims (0 when the payload does not parse); both
+    /// request forms have the same layout.
     fn global_id(payload: &Bytes) -> u64 {
         let mut d = Decoder::from_bytes(payload);
         (|| {
@@ -169,11 +188,11 @@ pub(crate) async fn client(
     let req = AuthRequest {
         method: AUTH_METHOD_NONE,
         preferred_modes: vec![CON_MODE_CRC],
-        auth_payload: AuthNone::request_payload(m),
+        auth_payload: AuthNone::request_payload(m, theirs.entity_type),
     };
     send_frame(ep, &peer, &req).await?;
-    match rd.read_frame(ep, "waiting for AUTH_DONE").await? {
-        Frame::AuthDone(d) if d.con_mode == CON_MODE_CRC => {}
+    let global_id = match rd.read_frame(ep, "waiting for AUTH_DONE").await? {
+        Frame::AuthDone(d) if d.con_mode == CON_MODE_CRC => d.global_id,
         Frame::AuthDone(d) => {
             return Err(MessengerError::Handshake {
                 peer,
@@ -193,7 +212,7 @@ pub(crate) async fn client(
             })
         }
         f => return Err(unexpected(&peer, "authenticating", "AUTH_DONE", &f)),
-    }
+    };
     exchange_signatures(ep, rd).await?;
 
     let ident = ClientIdent {
@@ -234,6 +253,7 @@ pub(crate) async fn client(
         global_seq: s.global_seq,
         cookie: s.cookie,
         lossy: s.flags & MSG_CONNECT_LOSSY != 0,
+        global_id,
     };
     Ok((info, policy))
 }
@@ -243,6 +263,8 @@ pub(crate) struct Accepted {
     pub(crate) peer_type: EntityType,
     pub(crate) ident: ClientIdent,
     pub(crate) policy: Policy,
+    /// The global id granted in AUTH_DONE.
+    pub(crate) global_id: u64,
 }
 
 impl Accepted {
@@ -291,8 +313,9 @@ pub(crate) async fn server_accept(
             ),
         });
     }
+    let global_id = AuthNone::global_id(&req.auth_payload);
     let done = AuthDone {
-        global_id: AuthNone::global_id(&req.auth_payload),
+        global_id,
         con_mode: CON_MODE_CRC,
         auth_payload: Bytes::new(),
     };
@@ -319,6 +342,7 @@ pub(crate) async fn server_accept(
         peer_type: theirs.entity_type,
         ident,
         policy,
+        global_id,
     })
 }
 
@@ -351,5 +375,6 @@ pub(crate) async fn server_finish(
         global_seq: acc.ident.global_seq,
         cookie: acc.ident.cookie,
         lossy: acc.policy.lossy || acc.ident.flags & MSG_CONNECT_LOSSY != 0,
+        global_id: acc.global_id,
     })
 }
