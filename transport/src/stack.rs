@@ -80,8 +80,11 @@ pub trait Endpoint: Sized {
     fn shutdown(&self) -> impl Future<Output = Result<()>>;
     /// Close at once, dropping anything queued; the peer sees a reset or end of stream.
     fn abort(&self);
-    /// A buffer for a zero-copy send (registered memory where the transport has it).
-    fn alloc(&self, len: usize) -> BytesMut;
+    /// A buffer for a zero-copy send (registered memory where the transport has it; plain
+    /// heap memory by default, which the transport then copies).
+    fn alloc(&self, len: usize) -> BytesMut {
+        BytesMut::with_capacity(len)
+    }
     /// The peer's address.
     fn peer_addr(&self) -> &Address;
     /// The local address.

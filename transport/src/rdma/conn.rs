@@ -669,10 +669,6 @@ impl Endpoint for RdmaEndpoint {
         let _ = self.conn.stream.shutdown(Shutdown::Both);
     }
 
-    fn alloc(&self, len: usize) -> BytesMut {
-        BytesMut::with_capacity(len)
-    }
-
     fn peer_addr(&self) -> &Address {
         &self.conn.peer
     }

@@ -21,7 +21,7 @@
 use std::future::poll_fn;
 use std::os::fd::OwnedFd;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use corewire_runtime::debug_assert_on_core;
 
 use crate::addr::Address;
@@ -146,10 +146,6 @@ impl Endpoint for ShmEndpoint {
         self.check();
         poller::deactivate(self.conn.id);
         self.conn.abort();
-    }
-
-    fn alloc(&self, len: usize) -> BytesMut {
-        BytesMut::with_capacity(len)
     }
 
     fn peer_addr(&self) -> &Address {

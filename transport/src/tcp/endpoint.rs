@@ -292,10 +292,6 @@ impl Endpoint for TcpEndpoint {
         self.inner.kill();
     }
 
-    fn alloc(&self, len: usize) -> BytesMut {
-        BytesMut::with_capacity(len)
-    }
-
     fn peer_addr(&self) -> &Address {
         &self.inner.peer
     }
