@@ -243,3 +243,62 @@ fn mon_killed_mid_session_resets() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// A client that requires a feature the monitor lacks: the real mon answers
+/// IDENT_MISSING_FEATURES, and the connection ends in a typed `MissingFeatures` error reported
+/// through `ms_handle_reset`; nothing hangs or panics.
+#[test]
+fn mon_refuses_a_required_feature_it_lacks() {
+    use std::sync::{Arc, Mutex};
+
+    use corewire_messenger::wire::EntityName;
+    use corewire_messenger::{ConnectionRef, Dispatcher, Messenger, MessengerError, Policy};
+
+    let Some(c) = cluster() else { return };
+    // Bit 62 is clear in every Pacific daemon's feature set (0x3f01cfbdfffdffff).
+    const MISSING: u64 = 1 << 62;
+
+    #[derive(Default)]
+    struct Resets(Mutex<Vec<u64>>);
+    impl Dispatcher for Resets {
+        fn ms_handle_reset(&self, _conn: &ConnectionRef, reason: &MessengerError) -> bool {
+            if let MessengerError::MissingFeatures { missing, .. } = reason {
+                self.0.lock().unwrap().push(*missing);
+            } else {
+                self.0.lock().unwrap().push(0);
+            }
+            false
+        }
+    }
+
+    let rt = runtime();
+    let msgr = Messenger::builder(EntityName::new(EntityType::Client, EntityName::NEW))
+        .handle(rt.handle())
+        .auth_id("admin")
+        .policy(EntityType::Mon, Policy::lossy_client(MISSING))
+        .build()
+        .unwrap();
+    let resets = Arc::new(Resets::default());
+    msgr.add_dispatcher_tail(resets.clone()).unwrap();
+    msgr.start().unwrap();
+    let t0 = Instant::now();
+    let conn = rt.block_on(msgr.connect(&tcp(c.mon_v2)));
+    let got = loop {
+        if let Some(&m) = resets.0.lock().unwrap().first() {
+            break Some(m);
+        }
+        if t0.elapsed() > TIMEOUT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    match got {
+        Some(missing) => assert_eq!(missing & MISSING, MISSING, "reset for another reason"),
+        None => panic!(
+            "no ms_handle_reset within {TIMEOUT:?} (connect returned {:?})",
+            conn.as_ref().map(|c| c.close_reason())
+        ),
+    }
+    drop(conn);
+    rt.block_on(msgr.shutdown()).unwrap();
+}
