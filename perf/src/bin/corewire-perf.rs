@@ -1,8 +1,12 @@
 //! `corewire-perf`: corewire's benchmark tool.
 //!
-//! `corewire-perf bench` is the README's main command. For now it runs the runtime benchmarks
-//! (cross-core round trip and TCP ping-pong) beside their baselines; the messenger benchmark
-//! (server/client/sweep modes) lands with the perf issue.
+//! - `bench`: the README's main command. The messenger benchmark (server and client in one
+//!   process on loopback: 4 KiB requests, empty replies, 16 in flight, 1 job), then the tokio
+//!   baseline (framed request/ack over tcp) for the same workload, measured in the same run.
+//! - `server` / `client`: the same benchmark split across processes (or machines), like
+//!   Ceph's `ceph_perf_msgr_server` / `ceph_perf_msgr_client`.
+//! - `runtime`: the runtime benchmarks (cross-core round trip, TCP ping-pong) beside their
+//!   baselines.
 
 use std::time::Duration;
 
@@ -11,8 +15,14 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
-use corewire_perf::runtime_bench::{cross_core, tcp_pingpong, RuntimeBenchConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use corewire_perf::msgr_bench::{
+    self, phase, process_cpu, run_client, ClientConfig, MsgrResult, Server, StopAfter,
+};
+use corewire_perf::runtime_bench::{bench_cpus, cross_core, tcp_pingpong, RuntimeBenchConfig};
+use corewire_perf::transport_bench::{tokio_tcp, Workload};
+use corewire_runtime::Runtime;
+use corewire_transport::Address;
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +34,84 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Tcp,
+    Shm,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the embedded default benchmark on loopback (no setup needed).
+    /// The messenger benchmark on loopback, server and client in this process, beside the
+    /// tokio baseline for the same workload (no setup needed).
     Bench {
+        #[arg(long, value_enum, default_value = "tcp")]
+        transport: TransportArg,
+        /// Request payload in bytes (replies carry none).
+        #[arg(long, default_value_t = 4096)]
+        msg_size: usize,
+        /// Requests in flight per job.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Client jobs (one messenger and connection each).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Seconds measured (after a warm-up of a tenth of that, at least 0.1 s).
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Server think time per request, in µs.
+        #[arg(long, default_value_t = 0)]
+        think_us: u64,
+        /// Skip the tokio baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Print CLOCK_MONOTONIC timestamps of the phase boundaries to stderr.
+        #[arg(long)]
+        phase_markers: bool,
+    },
+    /// A messenger replying to each request with an empty message (same tid), until
+    /// SIGINT/SIGTERM. Prints `listening on ADDR` once bound.
+    Server {
+        /// Listen address, e.g. tcp://127.0.0.1:6800 (port 0: any free port).
+        #[arg(long)]
+        addr: String,
+        /// Runtime cores (default: every allowed CPU).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Think time per request before replying, in µs (a timer; the core is not blocked).
+        #[arg(long, default_value_t = 0)]
+        think_us: u64,
+    },
+    /// Load a `server`: each job has its own messenger and connection, C requests in flight.
+    Client {
+        /// The server's address.
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Requests per job.
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        #[arg(long, default_value_t = 4096)]
+        msg_size: usize,
+        /// Pause before each next request, in µs.
+        #[arg(long, default_value_t = 0)]
+        think_us: u64,
+        /// Runtime cores for the client.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        phase_markers: bool,
+    },
+    /// The runtime benchmarks (cross-core round trip, TCP ping-pong) beside their baselines.
+    Runtime {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
@@ -40,6 +124,15 @@ enum Cmd {
     },
 }
 
+fn parse_addr(s: &str) -> std::io::Result<Address> {
+    s.parse()
+        .map_err(|e| std::io::Error::other(format!("bad address {s}: {e}")))
+}
+
+const REFERENCE: &str = "reference (issue 6, not run here): Ceph 16.2 AsyncMessenger async+posix, \
+msgr2 crc, 1 job, 4 KiB requests, empty replies, 16 in flight: ~55k msgs/s, \
+8.5 µs client / 17 µs server CPU per message";
+
 fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -48,29 +141,206 @@ fn main() -> std::io::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Bench {
+        Cmd::Runtime {
             secs,
             msg_size,
             json,
+        } => runtime(secs, msg_size, json)?,
+        Cmd::Bench {
+            transport,
+            msg_size,
+            concurrency,
+            jobs,
+            secs,
+            think_us,
+            no_baseline,
+            json,
+            phase_markers,
         } => {
-            let cfg = RuntimeBenchConfig {
-                duration: Duration::from_secs_f64(secs),
-                msg_size,
-                ..RuntimeBenchConfig::default()
-            };
-            let groups = vec![cross_core(&cfg)?, tcp_pingpong(&cfg)?];
-            if json {
-                let v: Vec<_> = groups.iter().map(|g| g.json()).collect();
-                println!("{}", serde_json::json!({ "runtime": v }));
-            } else {
-                println!(
-                    "corewire-perf bench: cpus {:?}, {secs} s per run",
-                    corewire_perf::runtime_bench::bench_cpus()
-                );
-                for g in &groups {
-                    print!("{}", g.render());
-                }
+            if phase_markers {
+                msgr_bench::enable_phase_markers();
             }
+            phase("start");
+            let listen = match transport {
+                TransportArg::Tcp => "tcp://127.0.0.1:0".to_string(),
+                TransportArg::Shm => format!("shm://corewire-perf-{}", std::process::id()),
+            };
+            let (a, b) = bench_cpus();
+            let server = Server::start(
+                Runtime::builder().cpus(vec![b]),
+                &parse_addr(&listen)?,
+                Duration::from_micros(think_us),
+            )?;
+            let crt = Runtime::builder()
+                .cpus(vec![a])
+                .thread_name("cli")
+                .build()
+                .map_err(std::io::Error::other)?;
+            let measure = Duration::from_secs_f64(secs);
+            let cfg = ClientConfig {
+                jobs,
+                concurrency,
+                msg_size,
+                think: Duration::ZERO,
+                stop: StopAfter::Time {
+                    warmup: (measure / 10).max(Duration::from_millis(100)),
+                    measure,
+                },
+                progress: !json,
+            };
+            let addr = server.addr().clone();
+            let r = run_client(&crt, &addr, &cfg, Some(&server))?;
+            crt.shutdown().map_err(std::io::Error::other)?;
+            server.stop()?;
+            let base = if no_baseline {
+                None
+            } else {
+                phase("baseline_start");
+                let cpu0 = process_cpu();
+                let m = tokio_tcp(
+                    Workload::Stream {
+                        size: msg_size,
+                        inflight: concurrency,
+                    },
+                    measure,
+                )?;
+                phase("baseline_end");
+                // Process CPU over the whole baseline run (warm-up included), both sides.
+                let cpu = process_cpu().saturating_sub(cpu0);
+                Some((m, cpu))
+            };
+            report(&r, base.as_ref().map(|(m, cpu)| (m, *cpu)), json);
+        }
+        Cmd::Server {
+            addr,
+            cores,
+            think_us,
+        } => {
+            // Block the stop signals before any runtime thread exists (they inherit the
+            // mask), then wait for one on this thread.
+            // SAFETY: plain sigset manipulation on a local set.
+            let set = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                set
+            };
+            let mut b = Runtime::builder();
+            if let Some(n) = cores {
+                b = b.cores(n);
+            }
+            let server = Server::start(b, &parse_addr(&addr)?, Duration::from_micros(think_us))?;
+            println!("listening on {}", server.addr());
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            let cpu0 = server.cpu();
+            let mut sig = 0;
+            // SAFETY: `set` is initialised; `sig` is writable.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            let (n, cpu) = (server.requests(), server.cpu().saturating_sub(cpu0));
+            server.stop()?;
+            eprintln!(
+                "server: signal {sig}, {n} requests answered, {:.2} µs core-thread CPU per request",
+                cpu.as_secs_f64() * 1e6 / n.max(1) as f64
+            );
+        }
+        Cmd::Client {
+            addr,
+            jobs,
+            concurrency,
+            ops,
+            msg_size,
+            think_us,
+            cores,
+            json,
+            phase_markers,
+        } => {
+            if phase_markers {
+                msgr_bench::enable_phase_markers();
+            }
+            phase("start");
+            let rt = Runtime::builder()
+                .cores(cores)
+                .thread_name("cli")
+                .build()
+                .map_err(std::io::Error::other)?;
+            let cfg = ClientConfig {
+                jobs,
+                concurrency,
+                msg_size,
+                think: Duration::from_micros(think_us),
+                stop: StopAfter::Ops(ops),
+                progress: !json,
+            };
+            let r = run_client(&rt, &parse_addr(&addr)?, &cfg, None)?;
+            rt.shutdown().map_err(std::io::Error::other)?;
+            report(&r, None, json);
+        }
+    }
+    Ok(())
+}
+
+fn report(
+    r: &MsgrResult,
+    base: Option<(&corewire_perf::transport_bench::Measured, Duration)>,
+    json: bool,
+) {
+    let mut v = r.json();
+    if let Some((m, cpu)) = base {
+        let tok = m.ops as f64 / m.elapsed.as_secs_f64();
+        v["baseline"] = serde_json::json!({
+            "name": "tokio tcp, framed request/ack (no messenger protocol)",
+            "msgs_per_sec": tok,
+            "lat_us": {
+                "p50": m.hist.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": m.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            },
+            "cpu_us_per_msg_total": cpu.as_secs_f64() * 1e6 / m.ops.max(1) as f64,
+        });
+        v["ratio_to_tokio"] = serde_json::json!(r.msgs_per_sec() / tok);
+    }
+    if json {
+        println!("{v}");
+        return;
+    }
+    println!("corewire-perf: {REFERENCE}");
+    print!("{}", r.render());
+    if let Some((m, cpu)) = base {
+        let tok = m.ops as f64 / m.elapsed.as_secs_f64();
+        println!(
+            "tokio baseline (tcp, framed request/ack, no messenger protocol, same run): {:.0} msgs/s, \
+latency µs p50 {:.1} p99 {:.1}, cpu µs/msg {:.2} (client + server, warm-up included)",
+            tok,
+            m.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            m.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            cpu.as_secs_f64() * 1e6 / m.ops.max(1) as f64,
+        );
+        println!(
+            "ratio: corewire messenger msgs/s / tokio msgs/s = {:.2}",
+            r.msgs_per_sec() / tok
+        );
+    }
+}
+
+fn runtime(secs: f64, msg_size: usize, json: bool) -> std::io::Result<()> {
+    let cfg = RuntimeBenchConfig {
+        duration: Duration::from_secs_f64(secs),
+        msg_size,
+        ..RuntimeBenchConfig::default()
+    };
+    let groups = vec![cross_core(&cfg)?, tcp_pingpong(&cfg)?];
+    if json {
+        let v: Vec<_> = groups.iter().map(|g| g.json()).collect();
+        println!("{}", serde_json::json!({ "runtime": v }));
+    } else {
+        println!(
+            "corewire-perf runtime: cpus {:?}, {secs} s per run",
+            bench_cpus()
+        );
+        for g in &groups {
+            print!("{}", g.render());
         }
     }
     Ok(())
