@@ -182,6 +182,14 @@ impl ConnectionRef {
     }
 
     /// Queue `msg` (fire and forget; dropped if the connection closed meanwhile).
+    ///
+    /// Ordering: messages sent by one thread (or one core) to one connection keep their order.
+    /// Sends from different threads or cores reach the connection's core through separate
+    /// lock-free queues, so they are ordered by their arrival there, not by call order: a send
+    /// made on the connection's own core can overtake an earlier send still queued from another
+    /// thread. For a strict order across senders, send from the connection's core
+    /// ([`ConnectionRef::core`](Self::core)), as crimson requires; Ceph's AsyncMessenger orders by call
+    /// under a lock instead.
     pub fn send(&self, msg: Message) -> Result<()> {
         if current_core() == Some(self.inner.core) {
             session::deliver(self.inner.msgr_id, self, msg);

@@ -359,6 +359,14 @@ impl Messenger {
     }
 
     /// Send `msg` to `peer`, connecting if needed; fire and forget, from any thread or core.
+    ///
+    /// Ordering: messages sent by one thread (or one core) to one connection keep their order.
+    /// Sends from different threads or cores reach the connection's core through separate
+    /// lock-free queues, so they are ordered by their arrival there, not by call order: a send
+    /// made on the connection's own core can overtake an earlier send still queued from another
+    /// thread. For a strict order across senders, send from the connection's core
+    /// ([`ConnectionRef::core`]), as crimson requires; Ceph's AsyncMessenger orders by call
+    /// under a lock instead.
     pub fn send_message(&self, msg: Message, peer: &PeerAddr) -> Result<()> {
         self.check_running("send_message")?;
         let peer = self.shared.normalize(peer.clone());
