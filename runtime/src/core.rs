@@ -8,7 +8,9 @@
 //! 4. **Tasks**: run at most `task_budget` ready tasks, then flush closures this core queued
 //!    for other cores while their rings were full.
 //! 5. **Pollers**: poll every registered poller once (the io_uring poller first: it flushes the
-//!    submissions made by phases 1-4 in one system call, then reaps completions from user memory).
+//!    submissions made by phases 1-4 in one system call, then reaps completions from user memory),
+//!    then run (within `task_budget`) the tasks those completions woke, so a completion is
+//!    handled in the iteration that reaped it rather than one iteration later.
 //! 6. **Idle handling**: if no phase found work, keep spinning until `spin_before_park` has
 //!    passed since the last work; then **park**: announce `sleeping`, put every poller in
 //!    interrupt mode (any of them may veto), re-check the queues, and block in one
@@ -227,8 +229,13 @@ impl Core {
             work |= self.flush_outbound();
             // 5. pollers
             let pollers = self.pollers.snapshot();
+            let mut polled = false;
             for e in pollers.iter() {
-                work |= e.poller.poll();
+                polled |= e.poller.poll();
+            }
+            if polled {
+                work = true;
+                self.run_tasks(cfg.task_budget);
             }
 
             let now = Instant::now();
