@@ -47,6 +47,7 @@ pub trait Poller {
     fn name(&self) -> &str;
 }
 
+#[derive(Clone)]
 pub(crate) struct PollerEntry {
     pub(crate) id: u64,
     pub(crate) poller: Rc<dyn Poller>,
@@ -69,13 +70,7 @@ impl PollerSet {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let mut entries = self.entries.borrow_mut();
-        let mut v: Vec<PollerEntry> = entries
-            .iter()
-            .map(|e| PollerEntry {
-                id: e.id,
-                poller: e.poller.clone(),
-            })
-            .collect();
+        let mut v = Vec::clone(&entries);
         v.push(PollerEntry { id, poller });
         *entries = Rc::new(v);
         id
@@ -86,14 +81,7 @@ impl PollerSet {
         if !entries.iter().any(|e| e.id == id) {
             return false;
         }
-        let v: Vec<PollerEntry> = entries
-            .iter()
-            .filter(|e| e.id != id)
-            .map(|e| PollerEntry {
-                id: e.id,
-                poller: e.poller.clone(),
-            })
-            .collect();
+        let v: Vec<PollerEntry> = entries.iter().filter(|e| e.id != id).cloned().collect();
         *entries = Rc::new(v);
         true
     }
