@@ -2,7 +2,7 @@
 //! [`PeerAddr`], the key connections are sharded by.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use corewire_runtime::{current_core, Handle};
 use corewire_transport::Address;
@@ -91,7 +91,7 @@ pub(crate) struct ConnShared {
     pub(crate) kind: ConnKind,
     pub(crate) msgr_id: u64,
     pub(crate) handle: Handle,
-    pub(crate) info: OnceLock<PeerInfo>,
+    pub(crate) info: Mutex<Option<PeerInfo>>,
     pub(crate) closed: OnceLock<MessengerError>,
 }
 
@@ -138,7 +138,7 @@ impl ConnectionRef {
                 kind,
                 msgr_id,
                 handle,
-                info: OnceLock::new(),
+                info: Mutex::new(None),
                 closed: OnceLock::new(),
             }),
         }
@@ -164,9 +164,9 @@ impl ConnectionRef {
     pub fn kind(&self) -> ConnKind {
         self.inner.kind
     }
-    /// What the handshake learnt (None until it completes).
+    /// What the handshake of the current session learnt (None until it completes).
     pub fn peer_info(&self) -> Option<PeerInfo> {
-        self.inner.info.get().copied()
+        *self.inner.info.lock().expect("not poisoned")
     }
     /// The peer's entity type, once known.
     pub fn peer_type(&self) -> Option<EntityType> {

@@ -42,7 +42,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn ms_handle_reset(&self, _conn: &ConnectionRef, _reason: &MessengerError) -> bool {
         false
     }
-    /// The peer reset its session (reported on reconnect; phase 2).
+    /// The peer lost its session with us (it restarted): found on reconnect, when it answers
+    /// SESSION_RESET or opens a new session while we hold one. Messages queued for it were
+    /// dropped (Ceph's `reset_session`); resend what matters.
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) -> bool {
         false
     }
@@ -106,6 +108,10 @@ impl DispatcherChain {
 
     pub(crate) fn reset(&self, conn: &ConnectionRef, reason: &MessengerError) {
         let _ = self.list.iter().any(|d| d.ms_handle_reset(conn, reason));
+    }
+
+    pub(crate) fn remote_reset(&self, conn: &ConnectionRef) {
+        let _ = self.list.iter().any(|d| d.ms_handle_remote_reset(conn));
     }
 
     pub(crate) fn refused(&self, conn: &ConnectionRef) {

@@ -54,6 +54,13 @@ pub enum MessengerError {
         during: &'static str,
         after: Duration,
     },
+    /// A fault injected for testing (`inject_socket_failures` or an interceptor).
+    #[error("injected fault on the connection to {peer}: {what}")]
+    InjectedFault { peer: Address, what: String },
+    /// The peer is connecting to us at the same time and its connection wins the race
+    /// (msgr2 WAIT): ours waits for it instead.
+    #[error("{peer} asked us to wait: its own connection to us wins the race")]
+    Wait { peer: Address },
     /// The connection was marked down or the messenger shut down.
     #[error("connection to {peer} was closed locally")]
     MarkedDown { peer: Address },

@@ -14,10 +14,13 @@ use corewire_transport::{Address, AnyEndpoint, Endpoint};
 use futures_lite::future::or;
 
 use crate::error::{MessengerError, Result};
+use crate::fault::{Direction, Faults};
 use crate::message::Message;
+use crate::messenger::Shared;
 use crate::session::Conn;
 use crate::wire::{
-    Ack, Banner, ControlFrame, Frame, FrameDecoder, Keepalive2, Keepalive2Ack, MessageFrame, UTime,
+    Ack, Banner, ControlFrame, Frame, FrameDecoder, Keepalive2, Keepalive2Ack, MessageFrame, Tag,
+    UTime,
 };
 
 /// Most payload bytes gathered into one transport send.
@@ -38,6 +41,11 @@ impl LocalNotify {
         }
     }
 
+    /// Forget a pending notification.
+    pub(crate) fn clear(&self) {
+        self.set.set(false);
+    }
+
     /// Completes once notified (consuming the notification).
     pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(move |cx| {
@@ -53,11 +61,15 @@ impl LocalNotify {
 
 /// Per-session sequencing and the out-queue: ordered by priority (higher first), FIFO within a
 /// priority. A message's seq is assigned when it is written. Lossless sessions keep written
-/// messages until the peer acks them (`sent`), ready for replay after a reconnect.
+/// messages until the peer acks them (`sent`), ready for replay after a reconnect: a fault
+/// moves them to `replay` ([`OutQueue::requeue_sent`]), which is written first, with the same
+/// seqs, once the peer said (RECONNECT / RECONNECT_OK `msg_seq`) which ones it already has.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     by_prio: BTreeMap<u16, VecDeque<Message>>,
     len: usize,
+    /// Written before a fault and not acked: written again first, in seq order.
+    replay: VecDeque<Message>,
     /// Seq of the last message written.
     pub out_seq: u64,
     /// Seq of the last message received.
@@ -97,25 +109,84 @@ impl OutQueue {
         m
     }
 
-    /// Messages waiting to be written.
+    /// Messages waiting to be written (new and replayed).
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.replay.len()
     }
 
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Written messages not yet acked by the peer.
+    /// Written messages not yet acked by the peer (including those waiting for replay).
     pub fn unacked(&self) -> usize {
-        self.sent.len()
+        self.sent.len() + self.replay.len()
     }
 
-    /// The peer acked everything up to `seq`.
+    /// The peer acked (or, reconnecting, said it has) everything up to `seq`.
     pub fn on_ack(&mut self, seq: u64) {
         while self.sent.front().is_some_and(|m| m.seq <= seq) {
             self.sent.pop_front();
+        }
+        if let Some(last) = self.replay.back().map(|m| m.seq) {
+            while self.replay.front().is_some_and(|m| m.seq <= seq) {
+                self.replay.pop_front();
+            }
+            // Replay restarts from the first seq the peer lacks.
+            self.out_seq = self.replay.front().map_or(last, |m| m.seq - 1);
+        }
+    }
+
+    /// A fault: everything written and not acked is written again on the next transport,
+    /// with the same seqs (Ceph's `requeue_sent`).
+    pub fn requeue_sent(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut sent = std::mem::take(&mut self.sent);
+        sent.append(&mut self.replay);
+        self.replay = sent;
+        self.out_seq = self.replay.front().map_or(self.out_seq, |m| m.seq - 1);
+    }
+
+    /// A new session replaces the old one: seqs restart from 1 both ways. With `discard`
+    /// (the peer lost its session: Ceph's `reset_session`), queued and unacked messages are
+    /// dropped; otherwise they are sent on the new session, renumbered. Returns how many
+    /// messages were dropped.
+    pub fn reset_session(&mut self, discard: bool) -> usize {
+        self.requeue_sent();
+        let dropped = if discard {
+            let n = self.len();
+            self.by_prio.clear();
+            self.replay.clear();
+            self.len = 0;
+            n
+        } else {
+            // Renumbered on the new session, in their old order.
+            for (i, m) in self.replay.iter_mut().enumerate() {
+                m.seq = i as u64 + 1;
+            }
+            0
+        };
+        self.out_seq = 0;
+        self.in_seq = 0;
+        self.in_seq_acked = 0;
+        dropped
+    }
+
+    /// Record a received message seq. `Ok(true)`: the next one, dispatch it; `Ok(false)`:
+    /// a duplicate of one already received (a replay after a reconnect), drop it;
+    /// `Err(expected)`: a gap.
+    pub fn on_received(&mut self, seq: u64) -> std::result::Result<bool, u64> {
+        let expected = self.in_seq + 1;
+        if seq == expected {
+            self.in_seq = seq;
+            Ok(true)
+        } else if seq < expected {
+            Ok(false)
+        } else {
+            Err(expected)
         }
     }
 
@@ -133,7 +204,7 @@ impl OutQueue {
 
     /// Whether a frame is waiting to be written.
     pub(crate) fn has_work(&self) -> bool {
-        self.len > 0
+        !self.is_empty()
             || self.keepalive
             || self.keepalive_ack.is_some()
             || self.in_seq > self.in_seq_acked
@@ -157,7 +228,9 @@ impl OutQueue {
         }
         let mut bytes = 0;
         while bytes < max_bytes {
-            let Some(mut m) = self.pop() else { break };
+            let Some(mut m) = self.replay.pop_front().or_else(|| self.pop()) else {
+                break;
+            };
             self.out_seq += 1;
             m.seq = self.out_seq;
             bytes += m.payload_len();
@@ -187,14 +260,17 @@ pub(crate) struct FrameReader {
     pub(crate) dec: FrameDecoder,
     pub(crate) idle: Duration,
     pub(crate) peer: Address,
+    pub(crate) faults: Faults,
 }
 
 impl FrameReader {
-    pub(crate) fn new(max_segment_len: u32, idle: Duration, peer: Address) -> Self {
+    /// A reader for a transport to `peer`, with messenger `m`'s limits and fault injection.
+    pub(crate) fn new(m: &Shared, peer: Address) -> Self {
         FrameReader {
-            dec: FrameDecoder::with_max_segment_len(max_segment_len),
-            idle,
+            dec: FrameDecoder::with_max_segment_len(m.max_segment_len),
+            idle: m.idle_timeout,
             peer,
+            faults: m.faults.clone(),
         }
     }
 
@@ -233,8 +309,11 @@ impl FrameReader {
         loop {
             match self.dec.next_frame() {
                 Ok(Some((tag, segs))) => {
+                    if self.faults.active() {
+                        self.faults.check(&self.peer, Direction::Rx, tag)?;
+                    }
                     return Frame::decode(tag, &segs)
-                        .map_err(|e| MessengerError::wire(&self.peer, during, e))
+                        .map_err(|e| MessengerError::wire(&self.peer, during, e));
                 }
                 Ok(None) => self.recv_more(ep, during).await?,
                 Err(e) => return Err(MessengerError::wire(&self.peer, during, e)),
@@ -258,6 +337,7 @@ pub(crate) async fn run_session(
     keepalive: Option<Duration>,
 ) -> Result<()> {
     let peer = reader.peer.clone();
+    let faults = reader.faults.clone();
     let read = async {
         loop {
             let frame = reader.read_frame(ep, "reading frames").await?;
@@ -275,6 +355,9 @@ pub(crate) async fn run_session(
                     .map_err(|e| MessengerError::wire(&peer, "encoding frames", e))?;
                 if bufs.is_empty() {
                     break;
+                }
+                if faults.active() {
+                    faults.check(&peer, Direction::Tx, Tag::Message)?;
                 }
                 write(ep, &peer, bufs).await?;
             }
@@ -302,16 +385,22 @@ fn handle_frame(conn: &Conn, peer: &Address, frame: Frame) -> Result<()> {
         Frame::Message(m) => {
             {
                 let mut out = conn.out.borrow_mut();
-                let expected = out.in_seq + 1;
-                if m.header.seq != expected {
-                    return Err(MessengerError::OutOfOrder {
-                        peer: peer.clone(),
-                        expected,
-                        got: m.header.seq,
-                    });
-                }
-                out.in_seq = m.header.seq;
                 out.on_ack(m.header.ack_seq);
+                match out.on_received(m.header.seq) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(%peer, seq = m.header.seq, in_seq = out.in_seq,
+                            "duplicate message dropped (replayed after a reconnect)");
+                        return Ok(());
+                    }
+                    Err(expected) => {
+                        return Err(MessengerError::OutOfOrder {
+                            peer: peer.clone(),
+                            expected,
+                            got: m.header.seq,
+                        })
+                    }
+                }
             }
             conn.wake.notify();
             let msg = Message::from_wire(&m.header, m.front, m.middle, m.data);
@@ -362,5 +451,62 @@ mod tests {
         q.on_ack(2);
         assert_eq!(q.unacked(), 1);
         assert!(q.next_batch(usize::MAX).unwrap().is_empty());
+    }
+
+    fn written(q: &mut OutQueue) -> Vec<u64> {
+        let before = q.out_seq;
+        q.next_batch(usize::MAX).unwrap();
+        (before + 1..=q.out_seq).collect()
+    }
+
+    #[test]
+    fn replay_after_a_fault_keeps_seqs_and_skips_what_the_peer_has() {
+        let mut q = OutQueue::new(true);
+        for i in 0..5 {
+            q.push(Message::new(1).with_tid(i));
+        }
+        assert_eq!(written(&mut q), [1, 2, 3, 4, 5]);
+        q.on_ack(1);
+        q.requeue_sent();
+        q.push(Message::new(1).with_tid(5));
+        assert_eq!((q.out_seq, q.len(), q.unacked()), (1, 5, 4));
+        // The peer says (RECONNECT / RECONNECT_OK) it has up to 3.
+        q.on_ack(3);
+        assert_eq!(q.out_seq, 3);
+        let tids: Vec<u64> = {
+            q.next_batch(usize::MAX).unwrap();
+            q.sent.iter().map(|m| m.tid).collect()
+        };
+        assert_eq!(tids, [3, 4, 5]);
+        assert_eq!(q.sent.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        // The peer had everything: nothing to replay, seqs go on.
+        q.requeue_sent();
+        q.on_ack(6);
+        assert_eq!((q.out_seq, q.len()), (6, 0));
+    }
+
+    #[test]
+    fn received_seqs_drop_duplicates_and_refuse_gaps() {
+        let mut q = OutQueue::new(true);
+        assert_eq!(q.on_received(1), Ok(true));
+        assert_eq!(q.on_received(1), Ok(false));
+        assert_eq!(q.on_received(3), Err(2));
+        assert_eq!(q.on_received(2), Ok(true));
+    }
+
+    #[test]
+    fn session_reset_renumbers_or_discards() {
+        let mut q = OutQueue::new(true);
+        for i in 0..3 {
+            q.push(Message::new(1).with_tid(i));
+        }
+        written(&mut q);
+        q.push(Message::new(1).with_tid(3));
+        assert_eq!(q.reset_session(false), 0);
+        assert_eq!(written(&mut q), [1, 2, 3, 4]);
+        assert_eq!(q.sent.iter().map(|m| m.tid).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        q.push(Message::new(1));
+        assert_eq!(q.reset_session(true), 5);
+        assert_eq!((q.len(), q.unacked(), q.out_seq), (0, 0, 0));
     }
 }

@@ -6,8 +6,13 @@
 //! and out-queue ([`io`]), [`Message`], [`Dispatcher`] chains and [`Policy`]. The wire layer
 //! ([`wire`]) holds the banner, frames and Ceph's encodings.
 //!
-//! Phase 1: sessions do not survive a fault yet (RECONNECT, replay of unacked messages,
-//! connection races, throttles and fault injection come next).
+//! Sessions follow Ceph's policies: a lossy session ends at its first fault
+//! (`ms_handle_reset`); a lossless one survives faults: its client reconnects
+//! (SESSION_RECONNECT, with back-off), its server keeps the queues in standby, and each side
+//! replays exactly the messages the other lacks, dropping duplicates by seq ([`driver`](crate)
+//! docs in `src/driver.rs`, rules in [`protocol`]). Connection races between lossless peers end
+//! with one session. Faults can be injected for tests ([`fault`]: `inject_socket_failures`, a
+//! frame [`Interceptor`]). Not yet: dispatch throttles.
 //!
 //! ## Interop with Ceph
 //!
@@ -25,8 +30,9 @@
 //!
 //! Not implemented: cephx (AUTH_REPLY_MORE/AUTH_REQUEST_MORE rounds, session keys, HMAC
 //! AUTH_SIGNATURE, message signatures), secure mode (AES-GCM), on-wire compression
-//! (COMPRESSION_REQUEST/DONE, Quincy+), msgr2.0 (rev0) framing, msgr1, session reconnect
-//! (SESSION_RECONNECT/RESET/RETRY, WAIT), hunting over several monitors, mon commands.
+//! (COMPRESSION_REQUEST/DONE, Quincy+), msgr2.0 (rev0) framing, msgr1, hunting over several
+//! monitors, mon commands. Session reconnect is implemented between corewire messengers;
+//! against a monitor it is untested (a mon keeps client sessions lossy).
 //! Known monitor quirk: a `MMonSubscribe` for "osdmap" from epoch 0 (latest full map) makes
 //! ceph-mon 16.2.15 abort in `OSDMap::decode_classic` while encoding the reply; subscribe
 //! from epoch 1 as Ceph's Objecter does.
@@ -34,7 +40,9 @@
 pub mod ceph;
 pub mod connection;
 pub mod dispatcher;
+mod driver;
 pub mod error;
+pub mod fault;
 pub mod io;
 pub mod message;
 pub mod messenger;
@@ -46,6 +54,7 @@ pub mod wire;
 pub use connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
 pub use dispatcher::{Dispatched, Dispatcher, DispatcherChain};
 pub use error::{MessengerError, Result};
+pub use fault::{Direction, Intercept, Interceptor};
 pub use message::{Message, MessagePayload};
-pub use messenger::{Messenger, MessengerBuilder};
+pub use messenger::{Messenger, MessengerBuilder, MessengerCounters};
 pub use policy::{Policy, PolicySet};

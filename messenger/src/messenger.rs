@@ -15,6 +15,7 @@ use corewire_transport::{Address, EndpointConfig, Listener, Transport, Transport
 use crate::connection::{ConnectionRef, PeerAddr};
 use crate::dispatcher::{Dispatcher, DispatcherChain};
 use crate::error::{MessengerError, Result};
+use crate::fault::{Faults, Interceptor};
 use crate::message::Message;
 use crate::policy::{Policy, PolicySet};
 use crate::session::{self, core_state};
@@ -30,6 +31,10 @@ use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
 pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbd_fffd_ffff;
 /// Ceph's `ms_connection_idle_timeout` default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Ceph's `ms_initial_backoff` and `ms_max_backoff`.
+pub const DEFAULT_RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(200), Duration::from_secs(15));
 
 static NEXT_MESSENGER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -55,6 +60,11 @@ pub(crate) struct Shared {
     pub(crate) idle_timeout: Duration,
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) my_addr: OnceLock<Address>,
+    pub(crate) faults: Faults,
+    /// Back-off between reconnect attempts of a lossless session: first, most.
+    pub(crate) reconnect_backoff: (Duration, Duration),
+    /// Session events (control path only, never per message).
+    pub(crate) counters: SessionCounters,
     /// Per connection attempt (Ceph's messenger-wide `global_seq`), not per message.
     global_seq: AtomicU64,
     pending_dispatchers: Mutex<Vec<Arc<dyn Dispatcher>>>,
@@ -73,6 +83,20 @@ impl Shared {
     }
     pub(crate) fn next_global_seq(&self) -> u64 {
         self.global_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    /// Make the next global_seq greater than `seen` (SESSION_RETRY_GLOBAL).
+    pub(crate) fn bump_global_seq(&self, seen: u64) {
+        self.global_seq.fetch_max(seen, Ordering::Relaxed);
+    }
+    /// Whether our own connection to `peer` wins a connection race: the greater address (as
+    /// text), then the greater nonce, wins. Both sides compute the same answer.
+    pub(crate) fn wins_race(&self, peer: &PeerAddr) -> bool {
+        let mine = self
+            .my_addr
+            .get()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        (mine, self.nonce) > (peer.addr.to_string(), peer.nonce)
     }
     pub(crate) fn cookie(&self) -> u64 {
         random_u64() | 1
@@ -93,6 +117,30 @@ impl Shared {
     }
 }
 
+/// Counts of session events, kept on the control path (connects, faults), never per message.
+#[derive(Default)]
+pub(crate) struct SessionCounters {
+    pub(crate) sessions_opened: AtomicU64,
+    pub(crate) sessions_resumed: AtomicU64,
+    pub(crate) session_faults: AtomicU64,
+    pub(crate) remote_resets: AtomicU64,
+}
+
+/// A snapshot of a messenger's session counters ([`Messenger::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessengerCounters {
+    /// New sessions established (CLIENT_IDENT / SERVER_IDENT), either side.
+    pub sessions_opened: u64,
+    /// Lossless sessions resumed after a fault (SESSION_RECONNECT_OK), either side.
+    pub sessions_resumed: u64,
+    /// Transports lost under an established session (lossy or lossless).
+    pub session_faults: u64,
+    /// Sessions the peer had lost (SESSION_RESET, or a new session over ours).
+    pub remote_resets: u64,
+    /// Faults injected (`inject_socket_failures`, interceptor).
+    pub injected_faults: u64,
+}
+
 /// Builds a [`Messenger`]; see [`Messenger::builder`].
 pub struct MessengerBuilder {
     name: EntityName,
@@ -106,6 +154,8 @@ pub struct MessengerBuilder {
     idle_timeout: Duration,
     keepalive_interval: Option<Duration>,
     nonce: Option<u32>,
+    faults: Faults,
+    reconnect_backoff: (Duration, Duration),
 }
 
 impl MessengerBuilder {
@@ -165,6 +215,25 @@ impl MessengerBuilder {
         self.nonce = Some(n);
         self
     }
+    /// Back-off between reconnect attempts of a lossless session: the first wait, doubling
+    /// up to `max` (default Ceph's `ms_initial_backoff` 0.2 s and `ms_max_backoff` 15 s).
+    /// A session that was up reconnects once at once, without waiting.
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = (initial, max.max(initial));
+        self
+    }
+    /// Testing: break the transport about once every `n` socket operations (frames read,
+    /// batches written), like Ceph's `ms_inject_socket_failures` (default 0: never).
+    pub fn inject_socket_failures(mut self, n: u32) -> Self {
+        self.faults.socket_failures = n;
+        self
+    }
+    /// Testing: a hook that sees every frame received and may break the connection there
+    /// (default none).
+    pub fn interceptor(mut self, i: Arc<dyn Interceptor>) -> Self {
+        self.faults.interceptor = Some(i);
+        self
+    }
 
     pub fn build(self) -> Result<Messenger> {
         let handle = match self.handle.or_else(Handle::current) {
@@ -194,6 +263,9 @@ impl MessengerBuilder {
             idle_timeout: self.idle_timeout,
             keepalive_interval: self.keepalive_interval,
             my_addr: OnceLock::new(),
+            faults: self.faults,
+            reconnect_backoff: self.reconnect_backoff,
+            counters: SessionCounters::default(),
             global_seq: AtomicU64::new(0),
             pending_dispatchers: Mutex::new(Vec::new()),
             chain: OnceLock::new(),
@@ -228,6 +300,8 @@ impl Messenger {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keepalive_interval: None,
             nonce: None,
+            faults: Faults::default(),
+            reconnect_backoff: DEFAULT_RECONNECT_BACKOFF,
         }
     }
 
@@ -246,6 +320,19 @@ impl Messenger {
         self.my_addr()
             .map(|a| PeerAddr::new(a.clone(), self.nonce()))
     }
+    /// Session event counts so far.
+    pub fn counters(&self) -> MessengerCounters {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MessengerCounters {
+            sessions_opened: get(&c.sessions_opened),
+            sessions_resumed: get(&c.sessions_resumed),
+            session_faults: get(&c.session_faults),
+            remote_resets: get(&c.remote_resets),
+            injected_faults: get(&self.shared.faults.injected),
+        }
+    }
+
     /// The core that owns connections to `peer`: `hash(addr, nonce) % cores`.
     pub fn shard_of(&self, peer: &PeerAddr) -> usize {
         self.shared.shard_of(peer)
@@ -324,7 +411,7 @@ impl Messenger {
             self.shared.handle.submit_detached(0, move || {
                 if let Some(cs) = core_state(&m) {
                     if let Some(l) = cs.listener.borrow_mut().take() {
-                        spawn_local(session::accept_loop(cs.clone(), l)).detach();
+                        spawn_local(crate::driver::accept_loop(cs.clone(), l)).detach();
                     }
                 }
             })?;

@@ -1,27 +1,27 @@
-//! Core-local connection state: the per-core registry of a messenger's connections, the
-//! connection object ([`Conn`]) and the tasks that drive outgoing and accepted connections.
+//! Core-local connection state: the per-core registry of a messenger's connections and the
+//! connection object ([`Conn`]), which outlives its transports on lossless sessions. The tasks
+//! that drive connections are in [`crate::driver`].
 //! Nothing here is shared between cores; other threads reach it through the runtime's
 //! cross-core queue.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use corewire_runtime::{debug_assert_on_core, spawn_local, timer};
-use corewire_transport::{
-    AnyEndpoint, AnyListener, AnyTransport, Endpoint, Listener, Transfer, Transport, TransportError,
-};
-use futures_lite::future::or;
+use corewire_runtime::{debug_assert_on_core, spawn_local};
+use corewire_transport::{AnyEndpoint, AnyListener, AnyTransport, TransportError};
 
-use crate::connection::{ConnKind, ConnectionRef, PeerAddr};
+use crate::connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
 use crate::dispatcher::DispatcherChain;
+use crate::driver::{conn_main, drive};
 use crate::error::{MessengerError, Result};
-use crate::io::{run_session, FrameReader, LocalNotify, OutQueue};
+use crate::io::{FrameReader, LocalNotify, OutQueue};
 use crate::message::Message;
 use crate::messenger::Shared;
-use crate::protocol::handshake::{self, Accepted};
+use crate::policy::Policy;
+use crate::protocol::handshake::Accepted;
+use crate::protocol::reconnect::{Existing, Role, SessionIds};
 use crate::wire::UTime;
 
 thread_local! {
@@ -97,7 +97,7 @@ pub(crate) struct CoreState {
     local: RefCell<Option<ConnectionRef>>,
     local_seq: Cell<u64>,
     pub(crate) listener: RefCell<Option<AnyListener>>,
-    listener_stop: LocalNotify,
+    pub(crate) listener_stop: LocalNotify,
 }
 
 impl CoreState {
@@ -112,7 +112,7 @@ impl CoreState {
     }
 
     /// Connection ids: the core in the top 16 bits, a core-local counter below.
-    fn new_ref(&self, peer: PeerAddr, kind: ConnKind) -> ConnectionRef {
+    pub(crate) fn new_ref(&self, peer: PeerAddr, kind: ConnKind) -> ConnectionRef {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
         let id = ((self.core as u64) << 48) | n;
@@ -120,25 +120,45 @@ impl CoreState {
         ConnectionRef::new(id, self.core, peer, kind, m.id, m.handle.clone())
     }
 
-    fn new_conn(&self, peer: PeerAddr, kind: ConnKind) -> Rc<Conn> {
+    /// A new connection to `peer`, registered as the one for that peer, driven by its own
+    /// task from now on.
+    pub(crate) fn new_conn(
+        self: &Rc<Self>,
+        peer: PeerAddr,
+        kind: ConnKind,
+        role: Role,
+    ) -> Rc<Conn> {
         let cref = self.new_ref(peer.clone(), kind);
         let m = &self.msgr;
+        let policy = m.policies.default_policy();
         let conn = Rc::new(Conn {
-            out: RefCell::new(OutQueue::new(!m.policies.default_policy().lossy)),
+            out: RefCell::new(OutQueue::new(!policy.lossy)),
             wake: LocalNotify::default(),
             down: LocalNotify::default(),
             down_flag: Cell::new(false),
             last_keepalive_ack: Cell::new(None),
             chain: m.chain(),
             max_segment_len: m.max_segment_len,
+            policy: Cell::new(policy),
+            role: Cell::new(role),
+            ids: Cell::new(SessionIds::default()),
+            established: Cell::new(false),
+            attach: RefCell::new(None),
+            attached: LocalNotify::default(),
             cref,
         });
         self.conns.borrow_mut().insert(conn.cref.id(), conn.clone());
         self.by_peer.borrow_mut().insert(peer, conn.cref.id());
+        let (cs, c) = (self.clone(), conn.clone());
+        spawn_local(async move {
+            let work = conn_main(&cs, &c);
+            drive(&cs, &c, work).await
+        })
+        .detach();
         conn
     }
 
-    fn remove(&self, conn: &Conn) {
+    pub(crate) fn remove(&self, conn: &Conn) {
         let id = conn.cref.id();
         self.conns.borrow_mut().remove(&id);
         let mut by_peer = self.by_peer.borrow_mut();
@@ -147,14 +167,20 @@ impl CoreState {
         }
     }
 
+    /// The live connection registered for `peer`.
+    pub(crate) fn conn_for(&self, peer: &PeerAddr) -> Option<Rc<Conn>> {
+        let id = self.by_peer.borrow().get(peer).copied()?;
+        let c = self.conns.borrow().get(&id).cloned()?;
+        (!c.down_flag.get()).then_some(c)
+    }
+
     pub(crate) fn mark_down_all(&self) {
         let all: Vec<_> = self.conns.borrow().values().cloned().collect();
         all.iter().for_each(|c| c.mark_down());
     }
 
     pub(crate) fn mark_down_peer(&self, peer: &PeerAddr) {
-        let id = self.by_peer.borrow().get(peer).copied();
-        if let Some(c) = id.and_then(|id| self.conns.borrow().get(&id).cloned()) {
+        if let Some(c) = self.conn_for(peer) {
             c.mark_down();
         }
     }
@@ -169,20 +195,12 @@ impl CoreState {
                 .get_or_insert_with(|| self.new_ref(peer, ConnKind::Local))
                 .clone();
         }
-        let existing = self.by_peer.borrow().get(&peer).copied();
-        if let Some(c) = existing.and_then(|id| self.conns.borrow().get(&id).cloned()) {
-            if !c.down_flag.get() {
-                return c.cref.clone();
-            }
+        if let Some(c) = self.conn_for(&peer) {
+            return c.cref.clone();
         }
-        let conn = self.new_conn(peer, ConnKind::Outgoing);
-        let cref = conn.cref.clone();
-        let (cs, c2) = (self.clone(), conn.clone());
-        spawn_local(drive(self.clone(), conn, async move {
-            outgoing(&cs, &c2).await
-        }))
-        .detach();
-        cref
+        self.new_conn(peer, ConnKind::Outgoing, Role::Client)
+            .cref
+            .clone()
     }
 
     fn deliver_local(&self, conn: &ConnectionRef, mut msg: Message) {
@@ -196,16 +214,43 @@ impl CoreState {
     }
 }
 
-/// A connection, on its owning core.
+/// A transport with a finished server-side handshake, handed to a connection's task.
+pub(crate) enum Attach {
+    /// A new session (CLIENT_IDENT): SERVER_IDENT goes out first.
+    NewSession {
+        ep: AnyEndpoint,
+        rd: FrameReader,
+        acc: Accepted,
+    },
+    /// The session resumes (SESSION_RECONNECT): SESSION_RECONNECT_OK goes out first; the
+    /// peer has our messages up to `msg_seq`.
+    Resume {
+        ep: AnyEndpoint,
+        rd: FrameReader,
+        msg_seq: u64,
+    },
+}
+
+/// A connection, on its owning core. It lives until marked down or, for lossy sessions, until
+/// its first fault; a lossless one outlives its transports (see [`crate::driver`]).
 pub(crate) struct Conn {
     pub(crate) cref: ConnectionRef,
     pub(crate) out: RefCell<OutQueue>,
     pub(crate) wake: LocalNotify,
-    down: LocalNotify,
+    pub(crate) down: LocalNotify,
     down_flag: Cell<bool>,
     pub(crate) last_keepalive_ack: Cell<Option<UTime>>,
-    chain: DispatcherChain,
+    pub(crate) chain: DispatcherChain,
     max_segment_len: u32,
+    /// The policy for the peer (the default until its type is known).
+    pub(crate) policy: Cell<Policy>,
+    pub(crate) role: Cell<Role>,
+    pub(crate) ids: Cell<SessionIds>,
+    /// A session is established (possibly in standby, without a transport).
+    pub(crate) established: Cell<bool>,
+    /// A transport waiting to be taken over by the connection's task.
+    attach: RefCell<Option<Attach>>,
+    pub(crate) attached: LocalNotify,
 }
 
 impl Conn {
@@ -236,6 +281,63 @@ impl Conn {
         self.down.notify();
     }
 
+    pub(crate) fn lossy(&self) -> bool {
+        self.policy.get().lossy
+    }
+
+    pub(crate) fn set_policy(&self, p: Policy) {
+        self.policy.set(p);
+        self.out.borrow_mut().set_keep_sent(!p.lossy);
+    }
+
+    pub(crate) fn set_info(&self, info: PeerInfo) {
+        *self.cref.inner.info.lock().expect("not poisoned") = Some(info);
+    }
+
+    pub(crate) fn update_ids(&self, f: impl FnOnce(&mut SessionIds)) {
+        let mut ids = self.ids.get();
+        f(&mut ids);
+        self.ids.set(ids);
+    }
+
+    /// What the session rules need to know about this connection.
+    pub(crate) fn existing(&self) -> Existing {
+        Existing {
+            role: self.role.get(),
+            established: self.established.get(),
+            lossy: self.lossy(),
+            ids: self.ids.get(),
+        }
+    }
+
+    /// Hand a transport to the connection's task; it supersedes the current one.
+    pub(crate) fn attach(&self, a: Attach) {
+        *self.attach.borrow_mut() = Some(a);
+        self.attached.notify();
+    }
+
+    /// The next transport handed over.
+    pub(crate) async fn next_attach(&self) -> Attach {
+        loop {
+            if let Some(a) = self.attach.borrow_mut().take() {
+                self.attached.clear();
+                return a;
+            }
+            self.attached.wait().await;
+        }
+    }
+
+    /// The peer lost its session: drop what we had for it, and tell the dispatchers (Ceph's
+    /// `reset_session` + `ms_handle_remote_reset`).
+    pub(crate) fn remote_reset(&self) {
+        let dropped = self.out.borrow_mut().reset_session(true);
+        self.established.set(false);
+        tracing::info!(peer = %self.cref.peer(), dropped, "peer reset the session");
+        if self.policy.get().resetcheck {
+            self.chain.remote_reset(&self.cref);
+        }
+    }
+
     /// Hand a received message to the dispatchers (fast dispatch first), on this core.
     pub(crate) fn dispatch(&self, msg: Message) {
         debug_assert_on_core(self.cref.core());
@@ -245,33 +347,10 @@ impl Conn {
     }
 }
 
-/// Run a connection's `work` until it ends or the connection is marked down; then unregister
-/// it and report the fault (not for a local mark_down, as Ceph).
-async fn drive(cs: Rc<CoreState>, conn: Rc<Conn>, work: impl Future<Output = Result<()>>) {
-    let down = async {
-        conn.down.wait().await;
-        Err(MessengerError::MarkedDown {
-            peer: conn.cref.peer_addr().clone(),
-        })
-    };
-    let err = match or(down, work).await {
-        Ok(()) => MessengerError::MarkedDown {
-            peer: conn.cref.peer_addr().clone(),
-        },
-        Err(e) => e,
-    };
-    cs.remove(&conn);
-    report_close(&conn.cref, &conn.chain, err);
-}
-
-fn report_close(cref: &ConnectionRef, chain: &DispatcherChain, err: MessengerError) {
+/// Report a closed connection to the dispatchers (not for a local mark_down, as Ceph).
+pub(crate) fn report_close(cref: &ConnectionRef, chain: &DispatcherChain, err: MessengerError) {
     let local = matches!(err, MessengerError::MarkedDown { .. });
-    let refused = match &err {
-        MessengerError::Transport { source, .. } => {
-            matches!(source.as_ref(), TransportError::Refused { .. })
-        }
-        _ => false,
-    };
+    let refused = is_refused(&err);
     if !local {
         tracing::debug!(peer = %cref.peer(), error = %err, "connection closed");
     }
@@ -284,104 +363,11 @@ fn report_close(cref: &ConnectionRef, chain: &DispatcherChain, err: MessengerErr
     }
 }
 
-async fn outgoing(cs: &CoreState, conn: &Conn) -> Result<()> {
-    let m = &cs.msgr;
-    let peer = conn.cref.peer();
-    let ep = cs
-        .transport()?
-        .connect(&peer.addr)
-        .await
-        .map_err(|e| MessengerError::transport(&peer.addr, e))?;
-    let mut rd = FrameReader::new(m.max_segment_len, m.idle_timeout, peer.addr.clone());
-    let (info, policy) =
-        handshake::client(&ep, &mut rd, m, peer, m.next_global_seq(), m.cookie()).await?;
-    conn.out.borrow_mut().set_keep_sent(!policy.lossy);
-    let _ = conn.cref.inner.info.set(info);
-    conn.chain.connect(&conn.cref);
-    let r = run_session(&ep, rd, conn, m.keepalive_interval).await;
-    ep.abort();
-    r
-}
-
-/// Accept connections until the messenger stops.
-pub(crate) async fn accept_loop(cs: Rc<CoreState>, l: AnyListener) {
-    loop {
-        let next = or(async { Some(l.accept().await) }, async {
-            cs.listener_stop.wait().await;
-            None
-        });
-        match next.await {
-            None => return,
-            Some(Ok(ep)) => spawn_local(accept_one(cs.clone(), ep)).detach(),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "accept failed");
-                timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
+pub(crate) fn is_refused(err: &MessengerError) -> bool {
+    match err {
+        MessengerError::Transport { source, .. } => {
+            matches!(source.as_ref(), TransportError::Refused { .. })
         }
+        _ => false,
     }
-}
-
-/// Server handshake up to CLIENT_IDENT here, then the connection moves to its owning core.
-async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
-    let m = cs.msgr.clone();
-    let peer = ep.peer_addr().clone();
-    let mut rd = FrameReader::new(m.max_segment_len, m.idle_timeout, peer.clone());
-    let acc = match handshake::server_accept(&ep, &mut rd, &m).await {
-        Ok(acc) => acc,
-        Err(e) => {
-            ep.abort();
-            let cref = cs.new_ref(PeerAddr::new(peer, 0), ConnKind::Incoming);
-            return report_close(&cref, &m.chain(), e);
-        }
-    };
-    let key = PeerAddr::new(peer.clone(), acc.nonce());
-    let core = m.shard_of(&key);
-    if core == cs.core {
-        return serve_accepted(cs, key, ep, rd, acc).await;
-    }
-    let xfer = match ep.into_transfer() {
-        Ok(x) => x,
-        Err((e, ep)) => {
-            ep.abort();
-            let cref = cs.new_ref(key, ConnKind::Incoming);
-            return report_close(&cref, &m.chain(), MessengerError::transport(&peer, e));
-        }
-    };
-    let m2 = m.clone();
-    m.handle
-        .spawn_on(core, move || async move {
-            let Some(cs) = core_state(&m2) else { return };
-            match xfer.attach() {
-                Ok(ep) => serve_accepted(cs, key, ep, rd, acc).await,
-                Err(e) => {
-                    let cref = cs.new_ref(key, ConnKind::Incoming);
-                    report_close(&cref, &m2.chain(), MessengerError::transport(&peer, e));
-                }
-            }
-        })
-        .detach();
-}
-
-async fn serve_accepted(
-    cs: Rc<CoreState>,
-    key: PeerAddr,
-    ep: AnyEndpoint,
-    rd: FrameReader,
-    acc: Accepted,
-) {
-    debug_assert_on_core(cs.core);
-    let conn = cs.new_conn(key, ConnKind::Incoming);
-    let (m, c2) = (cs.msgr.clone(), conn.clone());
-    let work = async move {
-        let peer = rd.peer.clone();
-        let gseq = m.next_global_seq();
-        let info = handshake::server_finish(&ep, &peer, &m, &acc, gseq, m.cookie()).await?;
-        c2.out.borrow_mut().set_keep_sent(!acc.policy.lossy);
-        let _ = c2.cref.inner.info.set(info);
-        c2.chain.accept(&c2.cref);
-        let r = run_session(&ep, rd, &c2, m.keepalive_interval).await;
-        ep.abort();
-        r
-    };
-    drive(cs, conn, work).await;
 }

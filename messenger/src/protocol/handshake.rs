@@ -9,6 +9,15 @@
 //! AUTH_SIGNATURE          <-->             AUTH_SIGNATURE  (zero digest: no session key)
 //! CLIENT_IDENT            -->                              (server moves the connection
 //!                         <--              SERVER_IDENT     to its owning core here)
+//!
+//! or, resuming a lossless session after a fault (the session's decisions are in
+//! [`super::reconnect`]):
+//! SESSION_RECONNECT(cookies, global_seq, connect_seq, msg_seq)  -->
+//!        <--  SESSION_RECONNECT_OK(msg_seq)     resumed: both sides replay what the other lacks
+//!        <--  SESSION_RETRY(connect_seq)        stale attempt: retry with a higher connect_seq
+//!        <--  SESSION_RETRY_GLOBAL(global_seq)  stale attempt: retry with a higher global_seq
+//!        <--  SESSION_RESET(full)               unknown session: start anew with CLIENT_IDENT
+//!        <--  WAIT                              the server's own connection to us wins a race
 //! ```
 //!
 //! Authentication goes through [`AuthNone`]; cephx adds AUTH_REPLY_MORE/AUTH_REQUEST_MORE
@@ -26,7 +35,7 @@ use crate::wire::frames::{AUTH_METHOD_NONE, CON_MODE_CRC, MSG_CONNECT_LOSSY};
 use crate::wire::{
     AuthBadMethod, AuthDone, AuthRequest, AuthSignature, ClientIdent, ControlFrame, Decoder,
     Encoder, EntityAddr, EntityAddrType, EntityAddrVec, EntityName, EntityType, Frame, Hello,
-    IdentMissingFeatures, ServerIdent,
+    IdentMissingFeatures, ServerIdent, SessionReconnect,
 };
 
 /// `-EOPNOTSUPP`, the result in AUTH_BAD_METHOD.
@@ -111,7 +120,11 @@ fn unexpected(
     }
 }
 
-async fn send_frame<F: ControlFrame>(ep: &AnyEndpoint, peer: &Address, f: &F) -> Result<()> {
+pub(crate) async fn send_frame<F: ControlFrame>(
+    ep: &AnyEndpoint,
+    peer: &Address,
+    f: &F,
+) -> Result<()> {
     let bufs = f
         .to_wire()
         .map_err(|e| MessengerError::wire(peer, "encoding a handshake frame", e))?;
@@ -144,13 +157,18 @@ async fn exchange_signatures(ep: &AnyEndpoint, rd: &mut FrameReader) -> Result<(
     }
 }
 
-/// Our addresses as sent in CLIENT_IDENT / SERVER_IDENT: the bound address, else the address
-/// the peer sees us at (from its HELLO) with our nonce.
-fn my_addrs(m: &Shared, seen: Option<&EntityAddr>) -> EntityAddrVec {
+/// Our addresses as sent in CLIENT_IDENT / SESSION_RECONNECT / SERVER_IDENT: the bound
+/// address, else the address the peer sees us at (from its HELLO) with port 0 and our nonce,
+/// as Ceph clients do (so the address stays the same across reconnects).
+pub(crate) fn my_addrs(m: &Shared, seen: Option<&EntityAddr>) -> EntityAddrVec {
     let a = match (m.my_addr.get(), seen) {
         (Some(a), _) => entity_addr(a, m.nonce),
         (None, Some(s)) => EntityAddr {
             nonce: m.nonce,
+            addr: s.addr.map(|mut a| {
+                a.set_port(0);
+                a
+            }),
             ..*s
         },
         (None, None) => EntityAddr {
@@ -162,21 +180,28 @@ fn my_addrs(m: &Shared, seen: Option<&EntityAddr>) -> EntityAddrVec {
     EntityAddrVec::new(vec![a])
 }
 
-/// The client side. Returns what it learnt about the server and the policy chosen for it.
-pub(crate) async fn client(
+/// What the client knows once authenticated.
+pub(crate) struct ClientAuth {
+    pub(crate) peer_type: EntityType,
+    /// How the server sees us (its HELLO).
+    pub(crate) seen: EntityAddr,
+    pub(crate) policy: Policy,
+    /// The global id AUTH_DONE assigned.
+    pub(crate) global_id: u64,
+}
+
+/// The client side up to the end of authentication (banner, HELLO, AUTH, AUTH_SIGNATURE).
+pub(crate) async fn client_auth(
     ep: &AnyEndpoint,
     rd: &mut FrameReader,
     m: &Shared,
     target: &PeerAddr,
-    global_seq: u64,
-    cookie: u64,
-) -> Result<(PeerInfo, Policy)> {
+) -> Result<ClientAuth> {
     let peer = rd.peer.clone();
     exchange_banners(ep, rd, m).await?;
-    let target_addr = entity_addr(&target.addr, target.nonce);
     let hello = Hello {
         entity_type: m.name.ty,
-        peer_addr: target_addr,
+        peer_addr: entity_addr(&target.addr, target.nonce),
     };
     send_frame(ep, &peer, &hello).await?;
     let theirs = match rd.read_frame(ep, "waiting for HELLO").await? {
@@ -214,67 +239,136 @@ pub(crate) async fn client(
         f => return Err(unexpected(&peer, "authenticating", "AUTH_DONE", &f)),
     };
     exchange_signatures(ep, rd).await?;
+    Ok(ClientAuth {
+        peer_type: theirs.entity_type,
+        seen: theirs.peer_addr,
+        policy,
+        global_id,
+    })
+}
 
+/// CLIENT_IDENT: open a new session with client cookie `cookie`.
+pub(crate) async fn send_client_ident(
+    ep: &AnyEndpoint,
+    peer: &Address,
+    m: &Shared,
+    auth: &ClientAuth,
+    target: &PeerAddr,
+    global_seq: u64,
+    cookie: u64,
+) -> Result<()> {
     let ident = ClientIdent {
-        addrs: my_addrs(m, Some(&theirs.peer_addr)),
-        target_addr,
+        addrs: my_addrs(m, Some(&auth.seen)),
+        target_addr: entity_addr(&target.addr, target.nonce),
         gid: m.name.num,
         global_seq,
         supported_features: m.features,
-        required_features: policy.features_required,
-        flags: if policy.lossy { MSG_CONNECT_LOSSY } else { 0 },
+        required_features: auth.policy.features_required,
+        flags: if auth.policy.lossy {
+            MSG_CONNECT_LOSSY
+        } else {
+            0
+        },
         cookie,
     };
-    send_frame(ep, &peer, &ident).await?;
-    let s = match rd.read_frame(ep, "waiting for SERVER_IDENT").await? {
-        Frame::ServerIdent(s) => s,
+    send_frame(ep, peer, &ident).await
+}
+
+/// The server's answer to CLIENT_IDENT or SESSION_RECONNECT.
+pub(crate) enum ServerReply {
+    /// SERVER_IDENT: a new session; what we learnt about the server.
+    Ident(PeerInfo),
+    /// SESSION_RECONNECT_OK: the session goes on; the server has our messages up to `msg_seq`.
+    ReconnectOk { msg_seq: u64 },
+    /// SESSION_RETRY: reconnect again with a connect_seq above this one.
+    Retry { connect_seq: u64 },
+    /// SESSION_RETRY_GLOBAL: reconnect again with a global_seq above this one.
+    RetryGlobal { global_seq: u64 },
+    /// SESSION_RESET: the server has no such session (`full`: drop ours, the peer reset).
+    Reset { full: bool },
+    /// WAIT: the server's own connection to us wins the race.
+    Wait,
+}
+
+/// Read the server's answer to CLIENT_IDENT / SESSION_RECONNECT.
+pub(crate) async fn read_server_reply(
+    ep: &AnyEndpoint,
+    rd: &mut FrameReader,
+    m: &Shared,
+    auth: &ClientAuth,
+) -> Result<ServerReply> {
+    let peer = rd.peer.clone();
+    Ok(match rd.read_frame(ep, "waiting for SERVER_IDENT").await? {
+        Frame::ServerIdent(s) => {
+            let missing = auth.policy.features_required & !s.supported_features;
+            if missing != 0 {
+                return Err(MessengerError::MissingFeatures { peer, missing });
+            }
+            ServerReply::Ident(PeerInfo {
+                name: EntityName::new(auth.peer_type, s.gid),
+                features: m.features & s.supported_features,
+                global_seq: s.global_seq,
+                cookie: s.cookie,
+                lossy: s.flags & MSG_CONNECT_LOSSY != 0,
+                global_id: auth.global_id,
+            })
+        }
         Frame::IdentMissingFeatures(f) => {
             return Err(MessengerError::MissingFeatures {
                 peer: m.my_addr.get().cloned().unwrap_or(peer),
                 missing: f.features,
             })
         }
+        Frame::SessionReconnectOk(ok) => ServerReply::ReconnectOk {
+            msg_seq: ok.msg_seq,
+        },
+        Frame::SessionRetry(r) => ServerReply::Retry {
+            connect_seq: r.connect_seq,
+        },
+        Frame::SessionRetryGlobal(r) => ServerReply::RetryGlobal {
+            global_seq: r.global_seq,
+        },
+        Frame::SessionReset(r) => ServerReply::Reset { full: r.full },
+        Frame::Wait(_) => ServerReply::Wait,
         f => {
             return Err(unexpected(
                 &peer,
                 "waiting for SERVER_IDENT",
-                "SERVER_IDENT",
+                "SERVER_IDENT, SESSION_RECONNECT_OK, SESSION_RETRY(_GLOBAL), SESSION_RESET or WAIT",
                 &f,
             ))
         }
-    };
-    let missing = policy.features_required & !s.supported_features;
-    if missing != 0 {
-        return Err(MessengerError::MissingFeatures { peer, missing });
+    })
+}
+
+/// How a client opens or resumes its session.
+pub(crate) enum ClientHello {
+    /// CLIENT_IDENT: a new session.
+    Ident(ClientIdent),
+    /// SESSION_RECONNECT: resume an existing one.
+    Reconnect(SessionReconnect),
+}
+
+impl ClientHello {
+    /// The client's addresses.
+    pub(crate) fn addrs(&self) -> &EntityAddrVec {
+        match self {
+            ClientHello::Ident(i) => &i.addrs,
+            ClientHello::Reconnect(r) => &r.addrs,
+        }
     }
-    let info = PeerInfo {
-        name: EntityName::new(theirs.entity_type, s.gid),
-        features: m.features & s.supported_features,
-        global_seq: s.global_seq,
-        cookie: s.cookie,
-        lossy: s.flags & MSG_CONNECT_LOSSY != 0,
-        global_id,
-    };
-    Ok((info, policy))
 }
 
 /// What the server knows once the client identified itself.
 pub(crate) struct Accepted {
     pub(crate) peer_type: EntityType,
-    pub(crate) ident: ClientIdent,
     pub(crate) policy: Policy,
     /// The global id granted in AUTH_DONE.
     pub(crate) global_id: u64,
+    pub(crate) hello: ClientHello,
 }
 
-impl Accepted {
-    /// The client's nonce (from its first address).
-    pub(crate) fn nonce(&self) -> u32 {
-        self.ident.addrs.front().map_or(0, |a| a.nonce)
-    }
-}
-
-/// The server side up to and including CLIENT_IDENT.
+/// The server side up to and including CLIENT_IDENT or SESSION_RECONNECT.
 pub(crate) async fn server_accept(
     ep: &AnyEndpoint,
     rd: &mut FrameReader,
@@ -321,60 +415,74 @@ pub(crate) async fn server_accept(
     };
     send_frame(ep, &peer, &done).await?;
     exchange_signatures(ep, rd).await?;
-
-    let ident = match rd.read_frame(ep, "waiting for CLIENT_IDENT").await? {
-        Frame::ClientIdent(c) => c,
-        f => {
-            return Err(unexpected(
-                &peer,
-                "waiting for CLIENT_IDENT",
-                "CLIENT_IDENT",
-                &f,
-            ))
-        }
-    };
-    let missing = policy.features_required & !ident.supported_features;
-    if missing != 0 {
-        let _ = send_frame(ep, &peer, &IdentMissingFeatures { features: missing }).await;
-        return Err(MessengerError::MissingFeatures { peer, missing });
-    }
+    let hello = read_client_hello(ep, rd, &policy).await?;
     Ok(Accepted {
         peer_type: theirs.entity_type,
-        ident,
         policy,
         global_id,
+        hello,
     })
 }
 
-/// The server's last step, on the connection's owning core: SERVER_IDENT.
-pub(crate) async fn server_finish(
+/// Read CLIENT_IDENT or SESSION_RECONNECT (after authentication, or after a RETRY / RESET
+/// answer on the same connection).
+pub(crate) async fn read_client_hello(
     ep: &AnyEndpoint,
-    peer: &Address,
+    rd: &mut FrameReader,
+    policy: &Policy,
+) -> Result<ClientHello> {
+    let peer = rd.peer.clone();
+    match rd.read_frame(ep, "waiting for CLIENT_IDENT").await? {
+        Frame::ClientIdent(c) => {
+            let missing = policy.features_required & !c.supported_features;
+            if missing != 0 {
+                let _ = send_frame(ep, &peer, &IdentMissingFeatures { features: missing }).await;
+                return Err(MessengerError::MissingFeatures { peer, missing });
+            }
+            Ok(ClientHello::Ident(c))
+        }
+        Frame::SessionReconnect(r) => Ok(ClientHello::Reconnect(r)),
+        f => Err(unexpected(
+            &peer,
+            "waiting for CLIENT_IDENT",
+            "CLIENT_IDENT or SESSION_RECONNECT",
+            &f,
+        )),
+    }
+}
+
+/// SERVER_IDENT for a new session.
+pub(crate) fn server_ident(
     m: &Shared,
-    acc: &Accepted,
+    policy: &Policy,
     global_seq: u64,
     cookie: u64,
-) -> Result<PeerInfo> {
-    let ident = ServerIdent {
+) -> ServerIdent {
+    ServerIdent {
         addrs: my_addrs(m, None),
         gid: m.name.num,
         global_seq,
         supported_features: m.features,
-        required_features: acc.policy.features_required,
-        flags: if acc.policy.lossy {
-            MSG_CONNECT_LOSSY
-        } else {
-            0
-        },
+        required_features: policy.features_required,
+        flags: if policy.lossy { MSG_CONNECT_LOSSY } else { 0 },
         cookie,
-    };
-    send_frame(ep, peer, &ident).await?;
-    Ok(PeerInfo {
-        name: EntityName::new(acc.peer_type, acc.ident.gid),
-        features: m.features & acc.ident.supported_features,
-        global_seq: acc.ident.global_seq,
-        cookie: acc.ident.cookie,
-        lossy: acc.policy.lossy || acc.ident.flags & MSG_CONNECT_LOSSY != 0,
-        global_id: acc.global_id,
-    })
+    }
+}
+
+/// What the server learnt about the client of a new session.
+pub(crate) fn client_info(
+    m: &Shared,
+    peer_type: EntityType,
+    policy: &Policy,
+    global_id: u64,
+    ident: &ClientIdent,
+) -> PeerInfo {
+    PeerInfo {
+        name: EntityName::new(peer_type, ident.gid),
+        features: m.features & ident.supported_features,
+        global_seq: ident.global_seq,
+        cookie: ident.cookie,
+        lossy: policy.lossy || ident.flags & MSG_CONNECT_LOSSY != 0,
+        global_id,
+    }
 }

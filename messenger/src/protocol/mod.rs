@@ -1,4 +1,5 @@
-//! The msgr2.1 session protocol. Phase 1: the handshake ([`handshake`]); session reconnect,
-//! retry and reset (RECONNECT / RECONNECT_OK / RETRY / RESET) come in phase 2.
+//! The msgr2.1 session protocol: the handshake ([`handshake`]) and the rules for resuming,
+//! retrying, resetting and racing sessions ([`reconnect`]).
 
 pub mod handshake;
+pub(crate) mod reconnect;

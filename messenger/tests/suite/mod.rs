@@ -19,10 +19,18 @@ use corewire_transport::{
     Address, AnyTransport, Endpoint, EndpointConfig, Transport, TransportKind,
 };
 
+pub mod lossless;
+pub use lossless::*;
+
 pub trait Harness: Clone + Send + Sync + 'static {
     fn kind(&self) -> TransportKind;
     /// A fresh address to listen on.
     fn listen_addr(&self) -> Address;
+    /// Whether `entity_addr_t` carries this transport's address, so an incoming connection
+    /// is matched with our own connection to the same peer (connection races).
+    fn peers_identified_by_address(&self) -> bool {
+        true
+    }
 }
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -55,6 +63,7 @@ pub struct Seen {
     pub connects: Vec<ConnectionRef>,
     pub accepts: Vec<ConnectionRef>,
     pub resets: Vec<(ConnectionRef, String)>,
+    pub remote_resets: Vec<ConnectionRef>,
     pub errors: Vec<String>,
     pub count: usize,
 }
@@ -136,6 +145,10 @@ impl Dispatcher for Recorder {
     }
     fn ms_handle_reset(&self, conn: &ConnectionRef, reason: &MessengerError) -> bool {
         self.update(|s| s.resets.push((conn.clone(), format!("{reason:?}"))));
+        true
+    }
+    fn ms_handle_remote_reset(&self, conn: &ConnectionRef) -> bool {
+        self.update(|s| s.remote_resets.push(conn.clone()));
         true
     }
 }
@@ -516,6 +529,11 @@ macro_rules! messenger_tests {
             oversized_segment_is_a_typed_error,
             stalled_peer_hits_the_idle_timeout,
             lossy_peer_drop_reports_reset,
+            lossless_session_survives_injected_faults,
+            million_messages_lossless_with_faults,
+            faults_follow_the_policy,
+            peer_restart_is_a_remote_reset,
+            connection_race_leaves_one_session,
         );
     };
     (@ $h:expr; $($name:ident),* $(,)?) => {

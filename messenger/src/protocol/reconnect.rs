@@ -1,0 +1,243 @@
+//! The session rules of msgr2 (Ceph's `ProtocolV2::handle_client_ident`,
+//! `handle_existing_connection` and `handle_reconnect`), as pure functions of what the
+//! server's owning core knows about an existing connection to the same peer.
+//!
+//! Who reconnects: the side that opened the session (its client) reconnects after a fault;
+//! the server keeps a lossless session in standby, with its queues, until the client comes
+//! back. So `connect_seq` only grows, and only one side of a session ever sends
+//! SESSION_RECONNECT.
+//!
+//! Races: when both sides connect at once (lossless peers), each server sees CLIENT_IDENT
+//! while its own outgoing connection to that peer is still opening. The side whose address
+//! (then nonce) is greater keeps its own connection and answers WAIT; the other adopts the
+//! incoming one into its connection (its queue is kept, its own attempt is dropped), so one
+//! session survives, and both sides agree which without talking.
+
+use crate::wire::{ClientIdent, SessionReconnect};
+
+/// Which side of the session we are: the client reconnects, the server waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+/// A session's identity (ProtocolV2's cookies and seqs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SessionIds {
+    /// The client's cookie for this session (0: none yet).
+    pub(crate) client_cookie: u64,
+    /// The server's cookie (0: no session established).
+    pub(crate) server_cookie: u64,
+    /// The peer's global_seq of the connection attempt that last succeeded (server side).
+    pub(crate) peer_global_seq: u64,
+    /// Reconnects of this session so far.
+    pub(crate) connect_seq: u64,
+}
+
+/// What the server knows of an existing connection to the peer that is identifying itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Existing {
+    pub(crate) role: Role,
+    /// A session is established (it may be in standby, without a transport).
+    pub(crate) established: bool,
+    pub(crate) lossy: bool,
+    pub(crate) ids: SessionIds,
+}
+
+/// The answer to CLIENT_IDENT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdentDecision {
+    /// No connection to the peer: a new one.
+    New,
+    /// A lossy connection to the peer exists: close it, then a new one.
+    Replace,
+    /// The existing connection takes the new transport and starts a new session on it.
+    /// `discard`: the peer lost the old session (it restarted): drop the queued and unacked
+    /// messages and report `ms_handle_remote_reset`; otherwise they go on the new session.
+    Adopt { discard: bool },
+    /// Our own connection to the peer wins the race: answer WAIT and close.
+    Wait,
+    /// A stale attempt (its global_seq is below that of the session we hold with the peer,
+    /// e.g. the attempt the peer dropped when it adopted ours in a race): answer
+    /// SESSION_RETRY_GLOBAL; a live client retries above it, an abandoned one is gone.
+    RetryGlobal(u64),
+}
+
+/// CLIENT_IDENT from a peer. `lossy`: the policy for this peer is lossy. `we_win_race`: our
+/// address (then nonce) is greater than the peer's.
+pub(crate) fn on_client_ident(
+    existing: Option<&Existing>,
+    ident: &ClientIdent,
+    lossy: bool,
+    we_win_race: bool,
+) -> IdentDecision {
+    let Some(ex) = existing else {
+        return IdentDecision::New;
+    };
+    if lossy || ex.lossy {
+        return IdentDecision::Replace;
+    }
+    if ident.global_seq < ex.ids.peer_global_seq {
+        return IdentDecision::RetryGlobal(ex.ids.peer_global_seq);
+    }
+    match (ex.role, ex.established) {
+        // Both sides connecting at once.
+        (Role::Client, false) if we_win_race => IdentDecision::Wait,
+        (Role::Client, false) => IdentDecision::Adopt { discard: false },
+        // An incoming connection whose handshake the new one supersedes.
+        (Role::Server, false) => IdentDecision::Adopt { discard: false },
+        // The same client starting its session over (after SESSION_RESET without `full`).
+        (Role::Server, true) if ex.ids.client_cookie == ident.cookie => {
+            IdentDecision::Adopt { discard: false }
+        }
+        // A new session while we hold one: the peer lost it (restarted).
+        (_, true) => IdentDecision::Adopt { discard: true },
+    }
+}
+
+/// The answer to SESSION_RECONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReconnectDecision {
+    /// SESSION_RECONNECT_OK: the session resumes on the new transport.
+    Resume,
+    /// SESSION_RETRY(connect_seq): a stale attempt.
+    Retry(u64),
+    /// SESSION_RETRY_GLOBAL(global_seq): a stale attempt.
+    RetryGlobal(u64),
+    /// SESSION_RESET(full): we have no such session.
+    Reset { full: bool },
+}
+
+/// SESSION_RECONNECT from a peer.
+pub(crate) fn on_reconnect(existing: Option<&Existing>, r: &SessionReconnect) -> ReconnectDecision {
+    let Some(ex) = existing else {
+        return ReconnectDecision::Reset { full: true };
+    };
+    if ex.lossy
+        || ex.role != Role::Server
+        || !ex.established
+        || ex.ids.client_cookie != r.client_cookie
+        || ex.ids.server_cookie != r.server_cookie
+    {
+        return ReconnectDecision::Reset { full: true };
+    }
+    if r.global_seq < ex.ids.peer_global_seq {
+        return ReconnectDecision::RetryGlobal(ex.ids.peer_global_seq);
+    }
+    if r.connect_seq < ex.ids.connect_seq {
+        return ReconnectDecision::Retry(ex.ids.connect_seq);
+    }
+    ReconnectDecision::Resume
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(established: bool) -> Existing {
+        Existing {
+            role: Role::Server,
+            established,
+            lossy: false,
+            ids: SessionIds {
+                client_cookie: 11,
+                server_cookie: 22,
+                peer_global_seq: 5,
+                connect_seq: 3,
+            },
+        }
+    }
+
+    fn reconnect(global_seq: u64, connect_seq: u64) -> SessionReconnect {
+        SessionReconnect {
+            client_cookie: 11,
+            server_cookie: 22,
+            global_seq,
+            connect_seq,
+            msg_seq: 0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reconnect_rules() {
+        let ex = server(true);
+        assert_eq!(
+            on_reconnect(None, &reconnect(9, 3)),
+            ReconnectDecision::Reset { full: true }
+        );
+        assert_eq!(
+            on_reconnect(Some(&ex), &reconnect(9, 3)),
+            ReconnectDecision::Resume
+        );
+        assert_eq!(
+            on_reconnect(Some(&ex), &reconnect(4, 3)),
+            ReconnectDecision::RetryGlobal(5)
+        );
+        assert_eq!(
+            on_reconnect(Some(&ex), &reconnect(9, 2)),
+            ReconnectDecision::Retry(3)
+        );
+        let mut other = reconnect(9, 3);
+        other.client_cookie = 12;
+        assert_eq!(
+            on_reconnect(Some(&ex), &other),
+            ReconnectDecision::Reset { full: true }
+        );
+        let lossy = Existing { lossy: true, ..ex };
+        assert_eq!(
+            on_reconnect(Some(&lossy), &reconnect(9, 3)),
+            ReconnectDecision::Reset { full: true }
+        );
+    }
+
+    #[test]
+    fn ident_rules() {
+        let ident = |cookie| ClientIdent {
+            cookie,
+            ..Default::default()
+        };
+        assert_eq!(
+            on_client_ident(None, &ident(1), false, false),
+            IdentDecision::New
+        );
+        let connecting = Existing {
+            role: Role::Client,
+            established: false,
+            lossy: false,
+            ids: SessionIds::default(),
+        };
+        // The race is decided the same way on both sides.
+        assert_eq!(
+            on_client_ident(Some(&connecting), &ident(1), false, true),
+            IdentDecision::Wait
+        );
+        assert_eq!(
+            on_client_ident(Some(&connecting), &ident(1), false, false),
+            IdentDecision::Adopt { discard: false }
+        );
+        let ex = server(true);
+        assert_eq!(
+            on_client_ident(Some(&ex), &ident(11), false, true),
+            IdentDecision::RetryGlobal(5)
+        );
+        let ident = |cookie| ClientIdent {
+            cookie,
+            global_seq: 6,
+            ..Default::default()
+        };
+        assert_eq!(
+            on_client_ident(Some(&ex), &ident(11), false, true),
+            IdentDecision::Adopt { discard: false }
+        );
+        assert_eq!(
+            on_client_ident(Some(&ex), &ident(99), false, true),
+            IdentDecision::Adopt { discard: true }
+        );
+        assert_eq!(
+            on_client_ident(Some(&ex), &ident(99), true, true),
+            IdentDecision::Replace
+        );
+    }
+}

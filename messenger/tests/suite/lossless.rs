@@ -1,0 +1,285 @@
+//! Sessions across faults: lossless replay under injected failures, policies, peer restarts
+//! and connection races.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corewire_messenger::wire::{EntityName, EntityType, Tag};
+use corewire_messenger::{
+    Direction, Intercept, Interceptor, Message, Messenger, MessengerBuilder, PeerAddr, Policy,
+};
+use corewire_runtime::Runtime;
+use corewire_transport::Address;
+
+use super::{payload, runtime, Harness, Recorder};
+
+/// An OSD-type messenger (lossless peer policy towards other OSDs), bound if `bind`.
+pub fn osd<H: Harness>(
+    rt: &Runtime,
+    h: &H,
+    id: i64,
+    bind: bool,
+    tune: impl FnOnce(MessengerBuilder) -> MessengerBuilder,
+) -> (Messenger, Option<Address>, Arc<Recorder>) {
+    let b = Messenger::builder(EntityName::new(EntityType::Osd, id))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .idle_timeout(Duration::from_secs(30))
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(20));
+    let m = tune(b).build().unwrap();
+    let addr = bind.then(|| rt.block_on(m.bind(&h.listen_addr())).unwrap());
+    let rec = Recorder::new();
+    m.add_dispatcher_tail(rec.clone()).unwrap();
+    m.start().unwrap();
+    (m, addr, rec)
+}
+
+fn numbered(i: usize, len: usize) -> Message {
+    Message::new(1)
+        .with_tid(i as u64)
+        .with_payload(payload(i, len, 1), Bytes::new(), Bytes::new())
+}
+
+fn stop(rt: Runtime, ms: &[&Messenger]) {
+    for m in ms {
+        rt.block_on(m.shutdown()).unwrap();
+    }
+    rt.shutdown().unwrap();
+}
+
+/// `count` messages client -> server on a lossless session while both sides break the
+/// transport about once every `every` socket operations: all arrive, once, in order (the
+/// recorder checks each message's seq against its tid and its payload).
+fn lossless_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
+    let rt = runtime();
+    let (server, addr, srec) = osd(&rt, h, 0, true, |b| b.inject_socket_failures(every));
+    let (client, _, crec) = osd(&rt, h, 1, false, |b| b.inject_socket_failures(every));
+    let peer = PeerAddr::new(addr.unwrap(), server.nonce());
+    let conn = rt.block_on(client.connect(peer)).unwrap();
+    for i in 0..count {
+        conn.send(numbered(i, i % 97)).unwrap();
+        if i % 4096 == 4095 {
+            // Keep the unacked window bounded without a throttle: wait for the server.
+            srec.wait_for("progress", |s| s.count + 8192 > i || !s.errors.is_empty());
+        }
+    }
+    srec.wait_for("every message", |s| {
+        s.count == count || !s.errors.is_empty()
+    });
+    let seen = srec.seen.lock().unwrap();
+    assert!(seen.errors.is_empty(), "{:?}", &seen.errors[..1]);
+    assert_eq!(seen.count, count);
+    assert!(seen.remote_resets.is_empty());
+    drop(seen);
+    let c = crec.seen.lock().unwrap();
+    assert!(
+        c.resets.is_empty() && c.remote_resets.is_empty(),
+        "{:?}",
+        c.resets
+    );
+    assert_eq!(
+        c.connects.len(),
+        1,
+        "one session, resumed after every fault"
+    );
+    drop(c);
+    assert!(!conn.is_closed());
+    // The faults really happened, and each was survived by resuming the session.
+    let (sc, cc) = (server.counters(), client.counters());
+    let injected = sc.injected_faults + cc.injected_faults;
+    assert!(
+        injected as usize >= count / every as usize / 2,
+        "{sc:?} {cc:?}"
+    );
+    // A resume can be lost in flight (the fault hits RECONNECT_OK): the server counts more.
+    assert!(cc.sessions_resumed > 0 && sc.sessions_resumed >= cc.sessions_resumed);
+    assert_eq!((sc.sessions_opened, cc.sessions_opened), (1, 1));
+    assert_eq!(sc.remote_resets + cc.remote_resets, 0);
+    eprintln!(
+        "{count} messages: {injected} faults injected, {} resumes",
+        sc.sessions_resumed
+    );
+    stop(rt, &[&client, &server]);
+}
+
+pub fn lossless_session_survives_injected_faults<H: Harness>(h: H) {
+    lossless_under_faults(&h, 20_000, 200);
+}
+
+/// The soak: 1M messages, a failure about every 1000 operations.
+pub fn million_messages_lossless_with_faults<H: Harness>(h: H) {
+    lossless_under_faults(&h, 1_000_000, 1000);
+}
+
+/// Faults the next MESSAGE frame received once armed.
+#[derive(Default)]
+struct FaultOnce {
+    armed: AtomicBool,
+}
+
+impl Interceptor for FaultOnce {
+    fn intercept(&self, _peer: &Address, dir: Direction, tag: Tag) -> Intercept {
+        if dir == Direction::Rx && tag == Tag::Message && self.armed.swap(false, Ordering::AcqRel) {
+            Intercept::Fault
+        } else {
+            Intercept::Continue
+        }
+    }
+}
+
+/// One transport fault in the middle of a stream, under each client policy.
+fn fault_under_policy<H: Harness>(h: &H, policy: Policy) -> (usize, usize, usize, bool) {
+    let rt = runtime();
+    let hook = Arc::new(FaultOnce::default());
+    let hook2 = hook.clone();
+    let (server, addr, srec) = osd(&rt, h, 0, true, move |b| {
+        b.interceptor(hook2).policy(EntityType::Client, policy)
+    });
+    let client = Messenger::builder(EntityName::new(EntityType::Client, 9))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .policy(EntityType::Osd, policy)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let crec = Recorder::new();
+    client.add_dispatcher_tail(crec.clone()).unwrap();
+    client.start().unwrap();
+    let conn = rt.block_on(client.connect(&addr.unwrap())).unwrap();
+    for i in 0..100 {
+        conn.send(Message::new(2).with_tid(i)).unwrap();
+    }
+    srec.wait_for("100", |s| s.msgs.len() == 100);
+    hook.armed.store(true, Ordering::Release);
+    for i in 100..200 {
+        conn.send(Message::new(2).with_tid(i)).unwrap();
+    }
+    if policy.lossy {
+        crec.wait_for("reset", |s| !s.resets.is_empty());
+    } else {
+        srec.wait_for("200", |s| s.msgs.len() == 200);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let got = srec.seen.lock().unwrap().msgs.len();
+    let tids_in_order = srec
+        .seen
+        .lock()
+        .unwrap()
+        .msgs
+        .iter()
+        .enumerate()
+        .all(|(i, (_, m))| m.tid == i as u64);
+    let c = crec.seen.lock().unwrap();
+    let r = (got, c.resets.len(), c.remote_resets.len(), tids_in_order);
+    drop(c);
+    let closed = conn.is_closed();
+    stop(rt, &[&client, &server]);
+    assert_eq!(closed, policy.lossy);
+    r
+}
+
+pub fn faults_follow_the_policy<H: Harness>(h: H) {
+    // Lossy client: the fault ends the session; ms_handle_reset; what was in flight is lost.
+    let (got, resets, _, in_order) = fault_under_policy(&h, Policy::lossy_client(0));
+    assert_eq!(resets, 1);
+    assert!(got < 200 && in_order);
+    // Lossless client and lossless peer: nothing lost, nothing reported.
+    for p in [Policy::lossless_client(0), Policy::lossless_peer(0)] {
+        let (got, resets, remote, in_order) = fault_under_policy(&h, p);
+        assert_eq!((got, resets, remote), (200, 0, 0), "{p:?}");
+        assert!(in_order);
+    }
+}
+
+/// A lossless client whose server restarts (losing the session): the reconnect is answered
+/// SESSION_RESET, the client reports `ms_handle_remote_reset` and opens a new session.
+pub fn peer_restart_is_a_remote_reset<H: Harness>(h: H) {
+    let rt = runtime();
+    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| b);
+    let addr = addr.unwrap();
+    let (client, _, crec) = osd(&rt, &h, 1, false, |b| b);
+    // Connect by address only: the restarted server has a new nonce.
+    let conn = rt.block_on(client.connect(&addr)).unwrap();
+    conn.send(Message::new(2).with_tid(1)).unwrap();
+    srec.wait_for("first", |s| s.msgs.len() == 1);
+    rt.block_on(server.shutdown()).unwrap();
+    let m = Messenger::builder(EntityName::new(EntityType::Osd, 0))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+    let srec3 = Recorder::new();
+    m.add_dispatcher_tail(srec3.clone()).unwrap();
+    rt.block_on(m.bind(&addr)).unwrap();
+    m.start().unwrap();
+    conn.send(Message::new(2).with_tid(2)).unwrap();
+    crec.wait_for("remote reset", |s| s.remote_resets.len() == 1);
+    conn.send(Message::new(2).with_tid(3)).unwrap();
+    srec3.wait_for("after the reset", |s| {
+        s.msgs.iter().any(|(_, m)| m.tid == 3)
+    });
+    assert!(!conn.is_closed());
+    assert!(crec.seen.lock().unwrap().resets.is_empty());
+    stop(rt, &[&client, &m]);
+}
+
+/// Two OSDs connect to each other at the same moment: one session survives, carrying both
+/// directions, decided the same way on both sides. (Over shm, `entity_addr_t` carries no
+/// address, so an incoming connection cannot be matched with our own to the same peer: two
+/// sessions, one each way, each lossless.)
+pub fn connection_race_leaves_one_session<H: Harness>(h: H) {
+    for round in 0..10 {
+        let rt = runtime();
+        let (a, aaddr, arec) = osd(&rt, &h, 0, true, |b| b);
+        let (b, baddr, brec) = osd(&rt, &h, 1, true, |b| b);
+        let apeer = PeerAddr::new(aaddr.unwrap(), a.nonce());
+        let bpeer = PeerAddr::new(baddr.unwrap(), b.nonce());
+        let go = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let (a2, b2, ap, bp) = (a.clone(), b.clone(), apeer.clone(), bpeer.clone());
+            let go = &go;
+            s.spawn(move || {
+                go.wait();
+                for i in 0..50 {
+                    a2.send_message(numbered(i, 10), &bp).unwrap();
+                }
+            });
+            s.spawn(move || {
+                go.wait();
+                for i in 0..50 {
+                    b2.send_message(numbered(i, 10), &ap).unwrap();
+                }
+            });
+        });
+        arec.wait_for("50 from b", |s| s.count == 50 || !s.errors.is_empty());
+        brec.wait_for("50 from a", |s| s.count == 50 || !s.errors.is_empty());
+        let (sa, sb) = (arec.seen.lock().unwrap(), brec.seen.lock().unwrap());
+        assert!(
+            sa.errors.is_empty() && sb.errors.is_empty(),
+            "round {round}"
+        );
+        if !h.peers_identified_by_address() {
+            // Two sessions, one each way: each still lossless and ordered.
+            drop((sa, sb));
+            stop(rt, &[&a, &b]);
+            continue;
+        }
+        let opened = sa.connects.len() + sa.accepts.len() + sb.connects.len() + sb.accepts.len();
+        assert_eq!(
+            opened, 2,
+            "round {round}: one session (a connect and an accept)"
+        );
+        assert_eq!(sa.connects.len(), sb.accepts.len(), "round {round}");
+        // Resets only for attempts that never became a session (the race's loser).
+        for seen in [&sa, &sb] {
+            for (c, why) in &seen.resets {
+                let known = seen.connects.iter().chain(&seen.accepts).any(|k| k == c);
+                assert!(!known, "round {round}: session reset: {why}");
+            }
+        }
+        drop((sa, sb));
+        stop(rt, &[&a, &b]);
+    }
+}
