@@ -504,7 +504,10 @@ mod tests {
         q.push(Message::new(1).with_tid(3));
         assert_eq!(q.reset_session(false), 0);
         assert_eq!(written(&mut q), [1, 2, 3, 4]);
-        assert_eq!(q.sent.iter().map(|m| m.tid).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            q.sent.iter().map(|m| m.tid).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         q.push(Message::new(1));
         assert_eq!(q.reset_session(true), 5);
         assert_eq!((q.len(), q.unacked(), q.out_seq), (0, 0, 0));
