@@ -135,9 +135,9 @@ enum Cmd {
         /// Output directory [default: the CSV's directory].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Seconds per point, for the titles.
-        #[arg(long, default_value_t = 0.5)]
-        secs: f64,
+        /// Seconds measured per point, for the titles [default: from the CSV's elapsed_s].
+        #[arg(long)]
+        secs: Option<f64>,
     },
     /// A messenger replying to each request with an empty message (same tid), until
     /// SIGINT/SIGTERM. Prints `listening on ADDR` once bound.
@@ -345,6 +345,13 @@ fn main() -> std::io::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("."))
             });
             std::fs::create_dir_all(&out)?;
+            // Each point measured about --secs: the median elapsed time, to 2 decimals.
+            let secs = secs.unwrap_or_else(|| {
+                let mut e: Vec<f64> = rows.iter().map(|r| r.elapsed_s).collect();
+                e.sort_by(f64::total_cmp);
+                e.get(e.len() / 2)
+                    .map_or(0.0, |v| (v * 100.0).round() / 100.0)
+            });
             for p in corewire_perf::plot::plot_all(&rows, &out, secs)? {
                 println!("plot: {}", p.display());
             }
