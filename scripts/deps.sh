@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages corewire needs, only when something is missing.
-# Usage: scripts/deps.sh [build|vm|ceph ...]   (default: build)
+# Usage: scripts/deps.sh [build|bench|profile|vm|ceph ...]   (default: build)
+#   bench: iperf3, the loopback TCP baseline of `corewire-perf bench --iperf3`
+#   profile: perf (`perf stat`, `perf record`; see perf/README.md)
 set -euo pipefail
 
 declare -A PKG_GROUPS=(
   [build]="pkg-config libhwloc-dev libudev-dev libibverbs-dev librdmacm-dev libclang-dev"
+  [bench]="iperf3"
+  [profile]="linux-perf"
 )
 
 want=()

@@ -1,7 +1,10 @@
 //! corewire benchmarks. Every figure is reported next to a baseline measured in the same run,
 //! as a ratio: this machine is shared and noisy, so absolute numbers mean little.
 
+pub mod iperf3;
 pub mod msgr_bench;
+pub mod plot;
 pub mod report;
 pub mod runtime_bench;
+pub mod sweep;
 pub mod transport_bench;

@@ -637,3 +637,67 @@ pub fn run_client(
         server_cores: stats_since(after.4, &before.4),
     })
 }
+
+/// CPUs of the client and server runtimes of an in-process benchmark with `cores` cores per
+/// side: the client on the first `cores` allowed CPUs, the server on as many starting one
+/// further (wrapping). With one core each this is `bench`'s placement: client on the first
+/// allowed CPU, server on the second (the same one when only one is allowed). With more cores
+/// than half the allowed CPUs the two sides share CPUs.
+pub fn in_process_cpus(cores: usize) -> io::Result<(Vec<usize>, Vec<usize>)> {
+    let allowed = corewire_runtime::affinity::allowed_cpus().unwrap_or_else(|_| vec![0]);
+    if cores == 0 || cores > allowed.len() {
+        return Err(io::Error::other(format!(
+            "{cores} cores per side requested, but this process may run on {} CPU(s) {allowed:?}",
+            allowed.len()
+        )));
+    }
+    let n = allowed.len();
+    let client = allowed[..cores].to_vec();
+    let server = (0..cores).map(|i| allowed[(i + 1) % n]).collect();
+    Ok((client, server))
+}
+
+/// A listen address for an in-process run over `kind` (`tcp` or `shm`): loopback TCP on a
+/// free port, or a shared-memory name unique to this process and call.
+pub fn listen_addr(kind: &str) -> io::Result<Address> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let s = match kind {
+        "tcp" => "tcp://127.0.0.1:0".to_string(),
+        "shm" => format!(
+            "shm://corewire-perf-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        other => return Err(io::Error::other(format!("unknown transport {other}"))),
+    };
+    s.parse()
+        .map_err(|e| io::Error::other(format!("bad address {s}: {e}")))
+}
+
+/// What `bench` runs: a [`Server`] on `listen` and a client, each on its own runtime of
+/// `cores` cores (placed by [`in_process_cpus`]; threads `srv-N` and `cli-N`), one client run
+/// with `cfg`, then both shut down.
+pub fn run_in_process(
+    listen: &Address,
+    cores: usize,
+    think: Duration,
+    cfg: &ClientConfig,
+) -> io::Result<MsgrResult> {
+    let (ccpus, scpus) = in_process_cpus(cores)?;
+    let server = Server::start(Runtime::builder().cpus(scpus), listen, think)?;
+    let crt = match Runtime::builder().cpus(ccpus).thread_name("cli").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = server.stop();
+            return Err(merr(e));
+        }
+    };
+    let addr = server.addr().clone();
+    let r = run_client(&crt, &addr, cfg, Some(&server));
+    let down = crt.shutdown().map_err(merr);
+    let stopped = server.stop();
+    let r = r?;
+    down?;
+    stopped?;
+    Ok(r)
+}

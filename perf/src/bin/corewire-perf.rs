@@ -7,7 +7,10 @@
 //!   Ceph's `ceph_perf_msgr_server` / `ceph_perf_msgr_client`.
 //! - `runtime`: the runtime benchmarks (cross-core round trip, TCP ping-pong) beside their
 //!   baselines.
+//! - `sweep`: what `bench` runs, over a grid of request sizes × requests in flight × cores; writes
+//!   `sweep.csv` and SVG plots. `plot` redraws the plots from a `sweep.csv`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 // Storage daemons run on a thread-caching allocator (Ceph links tcmalloc); glibc malloc takes
@@ -16,10 +19,13 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use corewire_perf::iperf3::{self, Iperf3Result};
 use corewire_perf::msgr_bench::{
-    self, phase, process_cpu, run_client, ClientConfig, MsgrResult, Server, StopAfter,
+    self, in_process_cpus, listen_addr, phase, process_cpu, run_client, run_in_process,
+    ClientConfig, MsgrResult, Server, StopAfter,
 };
 use corewire_perf::runtime_bench::{bench_cpus, cross_core, tcp_pingpong, RuntimeBenchConfig};
+use corewire_perf::sweep::{self, SweepConfig};
 use corewire_perf::transport_bench::{tokio_tcp, Workload};
 use corewire_runtime::Runtime;
 use corewire_transport::Address;
@@ -34,10 +40,27 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TransportArg {
     Tcp,
     Shm,
+}
+
+impl TransportArg {
+    fn name(self) -> &'static str {
+        match self {
+            TransportArg::Tcp => "tcp",
+            TransportArg::Shm => "shm",
+        }
+    }
+}
+
+/// A comma-separated list of positive integers (`64,4k,1MiB`).
+#[derive(Clone, Debug)]
+struct List(Vec<usize>);
+
+fn parse_list(s: &str) -> Result<List, String> {
+    sweep::parse_list(s).map(List)
 }
 
 #[derive(Subcommand)]
@@ -47,8 +70,8 @@ enum Cmd {
     Bench {
         #[arg(long, value_enum, default_value = "tcp")]
         transport: TransportArg,
-        /// Request payload in bytes (replies carry none).
-        #[arg(long, default_value_t = 4096)]
+        /// Request payload in bytes (replies carry none; k/KiB, M/MiB suffixes allowed).
+        #[arg(long, default_value_t = 4096, value_parser = sweep::parse_size)]
         msg_size: usize,
         /// Requests in flight per job.
         #[arg(long, default_value_t = 16)]
@@ -71,6 +94,50 @@ enum Cmd {
         /// Print CLOCK_MONOTONIC timestamps of the phase boundaries to stderr.
         #[arg(long)]
         phase_markers: bool,
+        /// Also measure the loopback TCP bandwidth limit with iperf3 (one stream, pinned like
+        /// this benchmark, for --secs) and print the ratio of the two MB/s.
+        #[arg(long)]
+        iperf3: bool,
+    },
+    /// What `bench` runs (without the tokio baseline unless --baseline), over every
+    /// combination of transport, cores, request size and requests in flight; writes
+    /// DIR/sweep.csv and SVG plots.
+    Sweep {
+        /// Transports (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
+        transport: Vec<TransportArg>,
+        /// Request sizes in bytes (comma-separated; k/KiB, M/MiB suffixes allowed).
+        #[arg(long, value_parser = parse_list, default_value = sweep::DEFAULT_SIZES)]
+        sizes: List,
+        /// Requests in flight per job (comma-separated).
+        #[arg(long, value_parser = parse_list, default_value = sweep::DEFAULT_CONCURRENCY)]
+        concurrency: List,
+        /// Cores of each runtime, client and server (comma-separated).
+        #[arg(long, value_parser = parse_list, default_value = sweep::DEFAULT_CORES)]
+        cores: List,
+        /// Client jobs per point (default: as many as the point's cores, one connection each).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Seconds measured per point (after a warm-up of a tenth of that, at least 0.1 s).
+        #[arg(long, default_value_t = 0.5)]
+        secs: f64,
+        /// Also run the tokio baseline at each point (doubles the time).
+        #[arg(long)]
+        baseline: bool,
+        /// Output directory [default: target/corewire-perf/sweep-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Redraw the plots of a sweep from its sweep.csv.
+    Plot {
+        /// The sweep.csv.
+        csv: PathBuf,
+        /// Output directory [default: the CSV's directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seconds measured per point, for the titles [default: from the CSV's elapsed_s].
+        #[arg(long)]
+        secs: Option<f64>,
     },
     /// A messenger replying to each request with an empty message (same tid), until
     /// SIGINT/SIGTERM. Prints `listening on ADDR` once bound.
@@ -97,7 +164,8 @@ enum Cmd {
         /// Requests per job.
         #[arg(long, default_value_t = 100_000)]
         ops: u64,
-        #[arg(long, default_value_t = 4096)]
+        /// Request payload in bytes (k/KiB, M/MiB suffixes allowed).
+        #[arg(long, default_value_t = 4096, value_parser = sweep::parse_size)]
         msg_size: usize,
         /// Pause before each next request, in µs.
         #[arg(long, default_value_t = 0)]
@@ -156,26 +224,16 @@ fn main() -> std::io::Result<()> {
             no_baseline,
             json,
             phase_markers,
+            iperf3: with_iperf3,
         } => {
+            if with_iperf3 && iperf3::find().is_none() {
+                eprintln!("corewire-perf: --iperf3: {}", iperf3::MISSING);
+                std::process::exit(2);
+            }
             if phase_markers {
                 msgr_bench::enable_phase_markers();
             }
             phase("start");
-            let listen = match transport {
-                TransportArg::Tcp => "tcp://127.0.0.1:0".to_string(),
-                TransportArg::Shm => format!("shm://corewire-perf-{}", std::process::id()),
-            };
-            let (a, b) = bench_cpus();
-            let server = Server::start(
-                Runtime::builder().cpus(vec![b]),
-                &parse_addr(&listen)?,
-                Duration::from_micros(think_us),
-            )?;
-            let crt = Runtime::builder()
-                .cpus(vec![a])
-                .thread_name("cli")
-                .build()
-                .map_err(std::io::Error::other)?;
             let measure = Duration::from_secs_f64(secs);
             let cfg = ClientConfig {
                 jobs,
@@ -188,10 +246,21 @@ fn main() -> std::io::Result<()> {
                 },
                 progress: !json,
             };
-            let addr = server.addr().clone();
-            let r = run_client(&crt, &addr, &cfg, Some(&server))?;
-            crt.shutdown().map_err(std::io::Error::other)?;
-            server.stop()?;
+            let r = run_in_process(
+                &listen_addr(transport.name())?,
+                1,
+                Duration::from_micros(think_us),
+                &cfg,
+            )?;
+            let iperf = if with_iperf3 {
+                let (c, s) = in_process_cpus(1)?;
+                phase("iperf3_start");
+                let res = iperf3::run(secs, c.first().copied(), s.first().copied())?;
+                phase("iperf3_end");
+                Some(res)
+            } else {
+                None
+            };
             let base = if no_baseline {
                 None
             } else {
@@ -209,7 +278,83 @@ fn main() -> std::io::Result<()> {
                 let cpu = process_cpu().saturating_sub(cpu0);
                 Some((m, cpu))
             };
-            report(&r, base.as_ref().map(|(m, cpu)| (m, *cpu)), json);
+            report(
+                &r,
+                base.as_ref().map(|(m, cpu)| (m, *cpu)),
+                iperf.as_ref(),
+                json,
+            );
+        }
+        Cmd::Sweep {
+            transport,
+            sizes,
+            concurrency,
+            cores,
+            jobs,
+            secs,
+            baseline,
+            out,
+        } => {
+            let mut transports: Vec<String> = Vec::new();
+            for t in transport {
+                if !transports.iter().any(|n| n == t.name()) {
+                    transports.push(t.name().to_string());
+                }
+            }
+            if jobs == Some(0) {
+                return Err(std::io::Error::other("--jobs must be > 0"));
+            }
+            let cfg = SweepConfig {
+                transports,
+                sizes: sizes.0,
+                concurrency: concurrency.0,
+                cores: cores.0,
+                jobs,
+                secs,
+                baseline,
+                out: out.unwrap_or_else(sweep::default_out_dir),
+                progress: true,
+            };
+            let o = sweep::run(&cfg)?;
+            let abs = |p: &std::path::Path| {
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.to_path_buf())
+                    .display()
+                    .to_string()
+            };
+            println!("csv:  {}", abs(&o.csv));
+            for p in &o.plots {
+                println!("plot: {}", abs(p));
+            }
+            if !o.failed.is_empty() {
+                eprintln!("corewire-perf sweep: {} point(s) failed:", o.failed.len());
+                for (p, e) in &o.failed {
+                    eprintln!(
+                        "  {} cores {} jobs {} {} B x{}: {e}",
+                        p.transport, p.cores, p.jobs, p.msg_size, p.concurrency
+                    );
+                }
+                std::process::exit(1);
+            }
+        }
+        Cmd::Plot { csv, out, secs } => {
+            let rows = sweep::read_csv_file(&csv)?;
+            let out = out.unwrap_or_else(|| {
+                csv.parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+            std::fs::create_dir_all(&out)?;
+            // Each point measured about --secs: the median elapsed time, to 2 decimals.
+            let secs = secs.unwrap_or_else(|| {
+                let mut e: Vec<f64> = rows.iter().map(|r| r.elapsed_s).collect();
+                e.sort_by(f64::total_cmp);
+                e.get(e.len() / 2)
+                    .map_or(0.0, |v| (v * 100.0).round() / 100.0)
+            });
+            for p in corewire_perf::plot::plot_all(&rows, &out, secs)? {
+                println!("plot: {}", p.display());
+            }
         }
         Cmd::Server {
             addr,
@@ -276,7 +421,7 @@ fn main() -> std::io::Result<()> {
             };
             let r = run_client(&rt, &parse_addr(&addr)?, &cfg, None)?;
             rt.shutdown().map_err(std::io::Error::other)?;
-            report(&r, None, json);
+            report(&r, None, None, json);
         }
     }
     Ok(())
@@ -285,9 +430,20 @@ fn main() -> std::io::Result<()> {
 fn report(
     r: &MsgrResult,
     base: Option<(&corewire_perf::transport_bench::Measured, Duration)>,
+    iperf: Option<&Iperf3Result>,
     json: bool,
 ) {
     let mut v = r.json();
+    if let Some(i) = iperf {
+        v["iperf3_mb_per_sec"] = serde_json::json!(i.mb_per_sec());
+        v["ratio_vs_iperf3"] = serde_json::json!(r.mb_per_sec() / i.mb_per_sec());
+        v["iperf3"] = serde_json::json!({
+            "name": "iperf3 loopback tcp, 1 stream, client to server",
+            "secs": i.secs,
+            "affinity": i.affinity,
+            "bits_per_second": i.bits_per_second,
+        });
+    }
     if let Some((m, cpu)) = base {
         let tok = m.ops as f64 / m.elapsed.as_secs_f64();
         v["baseline"] = serde_json::json!({
@@ -307,6 +463,18 @@ fn report(
     }
     println!("corewire-perf: {REFERENCE}");
     print!("{}", r.render());
+    if let Some(i) = iperf {
+        println!(
+            "iperf3 (loopback tcp, 1 stream, {} s, -A {}, same run): {:.1} MB/s",
+            i.secs,
+            i.affinity.as_deref().unwrap_or("-"),
+            i.mb_per_sec()
+        );
+        println!(
+            "ratio: corewire messenger MB/s / iperf3 MB/s = {:.2} (goal for 4 MiB requests: >= 0.80)",
+            r.mb_per_sec() / i.mb_per_sec()
+        );
+    }
     if let Some((m, cpu)) = base {
         let tok = m.ops as f64 / m.elapsed.as_secs_f64();
         println!(
