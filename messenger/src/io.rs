@@ -18,6 +18,7 @@ use crate::fault::{Direction, Faults};
 use crate::message::Message;
 use crate::messenger::Shared;
 use crate::session::Conn;
+use crate::throttle::Hold;
 use crate::wire::{
     Ack, Banner, ControlFrame, Frame, FrameDecoder, Keepalive2, Keepalive2Ack, MessageFrame, Tag,
     UTime,
@@ -341,7 +342,15 @@ pub(crate) async fn run_session(
     let read = async {
         loop {
             let frame = reader.read_frame(ep, "reading frames").await?;
-            handle_frame(conn, &peer, frame)?;
+            // The dispatch throttle: no more reading until the message has its share.
+            let hold = match (&frame, &conn.throttle) {
+                (Frame::Message(m), Some(b)) => {
+                    let len = m.front.len() + m.middle.len() + m.data.len();
+                    b.acquire(len).await
+                }
+                _ => Hold::default(),
+            };
+            handle_frame(conn, &peer, frame, hold)?;
         }
     };
     let write_loop = async {
@@ -380,7 +389,7 @@ pub(crate) async fn run_session(
     or(read, or(write_loop, tick)).await
 }
 
-fn handle_frame(conn: &Conn, peer: &Address, frame: Frame) -> Result<()> {
+fn handle_frame(conn: &Conn, peer: &Address, frame: Frame, hold: Hold) -> Result<()> {
     match frame {
         Frame::Message(m) => {
             {
@@ -403,7 +412,8 @@ fn handle_frame(conn: &Conn, peer: &Address, frame: Frame) -> Result<()> {
                 }
             }
             conn.wake.notify();
-            let msg = Message::from_wire(&m.header, m.front, m.middle, m.data);
+            let mut msg = Message::from_wire(&m.header, m.front, m.middle, m.data);
+            msg.throttle = hold;
             conn.dispatch(msg);
         }
         Frame::Ack(a) => conn.out.borrow_mut().on_ack(a.seq),

@@ -49,6 +49,7 @@ pub mod messenger;
 pub mod policy;
 pub mod protocol;
 mod session;
+pub mod throttle;
 pub mod wire;
 
 pub use connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
@@ -58,3 +59,4 @@ pub use fault::{Direction, Intercept, Interceptor};
 pub use message::{Message, MessagePayload};
 pub use messenger::{Messenger, MessengerBuilder, MessengerCounters};
 pub use policy::{Policy, PolicySet};
+pub use throttle::ThrottleLimits;

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use crate::error::{MessengerError, Result};
+use crate::throttle::Hold;
 use crate::wire::{MsgHeader2, WireError};
 
 /// `CEPH_MSG_PRIO_LOW`.
@@ -37,6 +38,9 @@ pub struct Message {
     pub front: Bytes,
     pub middle: Bytes,
     pub data: Bytes,
+    /// A received message's share of the dispatch throttle, given back when the message (and
+    /// every clone) is dropped. Empty on messages built locally.
+    pub throttle: Hold,
 }
 
 impl Message {
@@ -53,6 +57,7 @@ impl Message {
             front: Bytes::new(),
             middle: Bytes::new(),
             data: Bytes::new(),
+            throttle: Hold::default(),
         }
     }
 
@@ -144,6 +149,7 @@ impl Message {
             front,
             middle,
             data,
+            throttle: Hold::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::fault::{Faults, Interceptor};
 use crate::message::Message;
 use crate::policy::{Policy, PolicySet};
 use crate::session::{self, core_state};
+use crate::throttle::ThrottleLimits;
 use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
 
 /// The Ceph feature bits we advertise by default: `CEPH_FEATURES_ALL` of Ceph 16.2 Pacific,
@@ -31,6 +32,12 @@ use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
 pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbd_fffd_ffff;
 /// Ceph's `ms_connection_idle_timeout` default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Ceph's `ms_dispatch_throttle_bytes` (100 MiB), no message limit; per core.
+pub const DEFAULT_DISPATCH_THROTTLE: ThrottleLimits = ThrottleLimits {
+    messages: 0,
+    bytes: 100 << 20,
+};
 
 /// Ceph's `ms_initial_backoff` and `ms_max_backoff`.
 pub const DEFAULT_RECONNECT_BACKOFF: (Duration, Duration) =
@@ -61,6 +68,7 @@ pub(crate) struct Shared {
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) my_addr: OnceLock<Address>,
     pub(crate) faults: Faults,
+    pub(crate) dispatch_throttle: ThrottleLimits,
     /// Back-off between reconnect attempts of a lossless session: first, most.
     pub(crate) reconnect_backoff: (Duration, Duration),
     /// Session events (control path only, never per message).
@@ -156,6 +164,7 @@ pub struct MessengerBuilder {
     nonce: Option<u32>,
     faults: Faults,
     reconnect_backoff: (Duration, Duration),
+    dispatch_throttle: ThrottleLimits,
 }
 
 impl MessengerBuilder {
@@ -222,6 +231,14 @@ impl MessengerBuilder {
         self.reconnect_backoff = (initial, max.max(initial));
         self
     }
+    /// The dispatch throttle: messages and payload bytes the application may hold (received,
+    /// not yet dropped) per core before this messenger stops reading from its peers (default
+    /// [`DEFAULT_DISPATCH_THROTTLE`]: 100 MiB, Ceph's `ms_dispatch_throttle_bytes`, and no
+    /// message limit; all zero: none).
+    pub fn dispatch_throttle(mut self, limits: ThrottleLimits) -> Self {
+        self.dispatch_throttle = limits;
+        self
+    }
     /// Testing: break the transport about once every `n` socket operations (frames read,
     /// batches written), like Ceph's `ms_inject_socket_failures` (default 0: never).
     pub fn inject_socket_failures(mut self, n: u32) -> Self {
@@ -264,6 +281,7 @@ impl MessengerBuilder {
             keepalive_interval: self.keepalive_interval,
             my_addr: OnceLock::new(),
             faults: self.faults,
+            dispatch_throttle: self.dispatch_throttle,
             reconnect_backoff: self.reconnect_backoff,
             counters: SessionCounters::default(),
             global_seq: AtomicU64::new(0),
@@ -302,6 +320,7 @@ impl Messenger {
             nonce: None,
             faults: Faults::default(),
             reconnect_backoff: DEFAULT_RECONNECT_BACKOFF,
+            dispatch_throttle: DEFAULT_DISPATCH_THROTTLE,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::messenger::Shared;
 use crate::policy::Policy;
 use crate::protocol::handshake::Accepted;
 use crate::protocol::reconnect::{Existing, Role, SessionIds};
+use crate::throttle::Budget;
 use crate::wire::UTime;
 
 thread_local! {
@@ -50,6 +51,7 @@ pub(crate) fn core_state(m: &Arc<Shared>) -> Option<Rc<CoreState>> {
         local_seq: Cell::new(0),
         listener: RefCell::new(None),
         listener_stop: LocalNotify::default(),
+        budget: (!m.dispatch_throttle.is_unlimited()).then(|| Budget::new(m.dispatch_throttle)),
     });
     REGISTRY.with(|r| r.borrow_mut().insert(m.id, cs.clone()));
     Some(cs)
@@ -98,6 +100,8 @@ pub(crate) struct CoreState {
     local_seq: Cell<u64>,
     pub(crate) listener: RefCell<Option<AnyListener>>,
     pub(crate) listener_stop: LocalNotify,
+    /// This core's dispatch throttle.
+    budget: Option<Arc<Budget>>,
 }
 
 impl CoreState {
@@ -145,6 +149,7 @@ impl CoreState {
             established: Cell::new(false),
             attach: RefCell::new(None),
             attached: LocalNotify::default(),
+            throttle: self.budget.clone(),
             cref,
         });
         self.conns.borrow_mut().insert(conn.cref.id(), conn.clone());
@@ -251,6 +256,8 @@ pub(crate) struct Conn {
     /// A transport waiting to be taken over by the connection's task.
     attach: RefCell<Option<Attach>>,
     pub(crate) attached: LocalNotify,
+    /// The core's dispatch throttle (received messages wait for a share before dispatch).
+    pub(crate) throttle: Option<Arc<Budget>>,
 }
 
 impl Conn {

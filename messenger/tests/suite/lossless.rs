@@ -9,6 +9,7 @@ use bytes::Bytes;
 use corewire_messenger::wire::{EntityName, EntityType, Tag};
 use corewire_messenger::{
     Direction, Intercept, Interceptor, Message, Messenger, MessengerBuilder, PeerAddr, Policy,
+    ThrottleLimits,
 };
 use corewire_runtime::Runtime;
 use corewire_transport::Address;
@@ -282,4 +283,95 @@ pub fn connection_race_leaves_one_session<H: Harness>(h: H) {
         drop((sa, sb));
         stop(rt, &[&a, &b]);
     }
+}
+
+/// The dispatch throttle: a server whose application holds on to received messages stops
+/// reading at the limit (the rest wait in the transport and the sender's queue), and goes on
+/// as the application lets them go. Nothing is lost.
+pub fn dispatch_throttle_pushes_back<H: Harness>(h: H) {
+    const LIMIT: usize = 50;
+    const N: usize = 600;
+    let rt = runtime();
+    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| {
+        b.dispatch_throttle(ThrottleLimits {
+            messages: LIMIT,
+            bytes: 0,
+        })
+    });
+    let (client, _, _) = osd(&rt, &h, 1, false, |b| b);
+    let conn = rt
+        .block_on(client.connect(PeerAddr::new(addr.unwrap(), server.nonce())))
+        .unwrap();
+    for i in 0..N {
+        conn.send(Message::new(2).with_tid(i as u64).with_payload(
+            Bytes::from(vec![7u8; 1024]),
+            Bytes::new(),
+            Bytes::new(),
+        ))
+        .unwrap();
+    }
+    let mut rounds = 0;
+    loop {
+        // The recorder keeps every message (type 2), so each holds its share.
+        srec.wait_for("the throttle to fill", |s| {
+            s.msgs.len() >= LIMIT || s.count == N
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let mut s = srec.seen.lock().unwrap();
+        assert!(
+            s.msgs.len() <= LIMIT,
+            "{} held, limit {LIMIT}",
+            s.msgs.len()
+        );
+        assert!(s.msgs.iter().all(|(_, m)| m.throttle.is_held()));
+        if s.count == N {
+            break;
+        }
+        rounds += 1;
+        s.msgs.clear(); // the application lets them go: reading resumes
+    }
+    assert!(rounds >= N / LIMIT - 1, "{rounds} rounds");
+    stop(rt, &[&client, &server]);
+}
+
+/// Several messengers in one process on one runtime, as an OSD runs public, cluster, heartbeat
+/// front/back, hb-client and objecter messengers: each keeps its own connections, dispatchers
+/// and sessions; shutting one down leaves the others running.
+pub fn several_messengers_share_one_runtime<H: Harness>(h: H) {
+    let rt = runtime();
+    let servers: Vec<_> = (0..4).map(|i| osd(&rt, &h, i, true, |b| b)).collect();
+    let (client, _, _) = osd(&rt, &h, 9, false, |b| b);
+    let peers: Vec<PeerAddr> = servers
+        .iter()
+        .map(|(m, a, _)| PeerAddr::new(a.clone().unwrap(), m.nonce()))
+        .collect();
+    for round in 0..2 {
+        for (k, p) in peers.iter().enumerate() {
+            if round == 1 && k == 0 {
+                continue; // shut down below
+            }
+            for i in 0..100 {
+                let tid = (round * 1000 + k * 100 + i) as u64;
+                client
+                    .send_message(Message::new(2).with_tid(tid), p)
+                    .unwrap();
+            }
+        }
+        for (k, (_, _, rec)) in servers.iter().enumerate() {
+            let want = if k == 0 { 100 } else { 100 * (round + 1) };
+            rec.wait_for("its own messages", |s| s.msgs.len() == want);
+            let seen = rec.seen.lock().unwrap();
+            assert!(seen
+                .msgs
+                .iter()
+                .all(|(_, m)| (m.tid as usize % 1000) / 100 == k));
+        }
+        if round == 0 {
+            rt.block_on(servers[0].0.shutdown()).unwrap();
+        }
+    }
+    let others: Vec<&Messenger> = servers[1..].iter().map(|(m, _, _)| m).collect();
+    let mut all = others;
+    all.push(&client);
+    stop(rt, &all);
 }

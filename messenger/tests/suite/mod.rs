@@ -534,6 +534,8 @@ macro_rules! messenger_tests {
             faults_follow_the_policy,
             peer_restart_is_a_remote_reset,
             connection_race_leaves_one_session,
+            dispatch_throttle_pushes_back,
+            several_messengers_share_one_runtime,
         );
     };
     (@ $h:expr; $($name:ident),* $(,)?) => {

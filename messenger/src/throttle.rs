@@ -1,0 +1,174 @@
+//! The dispatch throttle (Ceph's `ms_dispatch_throttle_bytes` and the policy throttles): a
+//! budget of messages and bytes for received messages not yet released by the application.
+//!
+//! A received message takes its share before it is dispatched and gives it back when the
+//! application drops it (and every clone of it). While the budget is spent, the connection's
+//! reader stops reading: the transport's receive window fills, the peer's transport send queue
+//! fills, and the peer's writer waits. Memory stays bounded by the budget plus the transport
+//! buffers, whatever the peer sends.
+//!
+//! Each core has its own budget for the messenger (the configured limits apply per core), so
+//! taking a share touches only this core's counters; a release from another thread (a worker
+//! dropping the message) touches them too, never another core's.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+/// Limits of a dispatch throttle (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ThrottleLimits {
+    /// Messages held by the application at once, per core.
+    pub messages: usize,
+    /// Payload bytes held by the application at once, per core.
+    pub bytes: usize,
+}
+
+impl ThrottleLimits {
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.messages == 0 && self.bytes == 0
+    }
+}
+
+/// One core's budget.
+pub(crate) struct Budget {
+    limits: ThrottleLimits,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    waiting: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Budget {
+    pub(crate) fn new(limits: ThrottleLimits) -> Arc<Self> {
+        Arc::new(Budget {
+            limits,
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        })
+    }
+
+    /// Whether a message of `bytes` fits now. One message always fits into an empty budget,
+    /// however large (as Ceph's `Throttle::get`), so nothing waits forever.
+    fn fits(&self, bytes: usize) -> bool {
+        let (m, b) = (
+            self.messages.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        );
+        if m == 0 {
+            return true;
+        }
+        let l = &self.limits;
+        (l.messages == 0 || m < l.messages) && (l.bytes == 0 || b + bytes <= l.bytes)
+    }
+
+    /// Wait until a message of `bytes` fits, then take its share.
+    pub(crate) async fn acquire(self: &Arc<Self>, bytes: usize) -> Hold {
+        poll_fn(|cx| {
+            if self.fits(bytes) {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().expect("not poisoned") = Some(cx.waker().clone());
+            self.waiting.store(true, Ordering::SeqCst);
+            // A release between the check and the flag would not have seen the flag.
+            if self.fits(bytes) {
+                self.waiting.store(false, Ordering::SeqCst);
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        Hold(Some(Arc::new(Share {
+            budget: self.clone(),
+            bytes,
+        })))
+    }
+
+    fn release(&self, bytes: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            if let Some(w) = self.waker.lock().expect("not poisoned").take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Messages and bytes currently held.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (
+            self.messages.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
+}
+
+struct Share {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// A received message's share of its core's dispatch throttle, released when the message and
+/// all its clones are dropped. Invisible to equality and formatting.
+#[derive(Clone, Default)]
+pub struct Hold(Option<Arc<Share>>);
+
+impl Hold {
+    /// Whether this message holds a share of a throttle.
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl PartialEq for Hold {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Hold {}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_held() { "Held" } else { "-" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_counts_and_releases() {
+        let b = Budget::new(ThrottleLimits {
+            messages: 2,
+            bytes: 100,
+        });
+        let h1 = futures_lite::future::block_on(b.acquire(60));
+        assert!(b.fits(40) && !b.fits(41));
+        let h2 = futures_lite::future::block_on(b.acquire(10));
+        assert!(!b.fits(0), "message limit");
+        let h2b = h2.clone();
+        drop(h2);
+        assert_eq!(b.held(), (2, 70), "a clone keeps the share");
+        drop(h2b);
+        drop(h1);
+        assert_eq!(b.held(), (0, 0));
+        // An oversized message fits an empty budget.
+        let _big = futures_lite::future::block_on(b.acquire(1000));
+        assert_eq!(b.held(), (1, 1000));
+    }
+}
