@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use corewire_messenger::wire::frame::Preamble;
 use corewire_messenger::wire::{
-    Banner, ControlFrame, EntityAddr, EntityName, EntityType, FrameAssembler, Hello, SegmentDesc,
-    Tag, WireError,
+    Ack, Banner, ControlFrame, EntityAddr, EntityName, EntityType, FrameAssembler, Hello,
+    SegmentDesc, Tag, WireError,
 };
 use corewire_messenger::{
     ConnKind, ConnectionRef, Dispatched, Dispatcher, Message, Messenger, MessengerError, PeerAddr,
@@ -492,6 +492,31 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
     );
 }
 
+pub fn unsupported_banner_features_are_a_typed_error<H: Harness>(h: H) {
+    let b = Banner {
+        supported: u64::MAX,
+        required: 1 << 40,
+    };
+    bad_input(
+        h,
+        vec![b.encode()],
+        |r| r.contains("PeerRequiresFeatures"),
+        "unsupported features",
+    );
+}
+
+pub fn frames_out_of_order_are_a_typed_error<H: Harness>(h: H) {
+    // An ACK where the server expects HELLO.
+    let ack = Ack { seq: 1 };
+    let f = FrameAssembler::encode_contiguous(Tag::Ack, &[ack.to_payload()]).unwrap();
+    bad_input(
+        h,
+        vec![Banner::default().encode(), f],
+        |r| r.contains("UnexpectedFrame") && r.contains("Ack"),
+        "frame out of order",
+    );
+}
+
 pub fn lossy_peer_drop_reports_reset<H: Harness>(h: H) {
     let p = pair(&h, Recorder::new());
     let c = p.connect();
@@ -528,6 +553,8 @@ macro_rules! messenger_tests {
             bad_crc_is_a_typed_error,
             oversized_segment_is_a_typed_error,
             stalled_peer_hits_the_idle_timeout,
+            unsupported_banner_features_are_a_typed_error,
+            frames_out_of_order_are_a_typed_error,
             lossy_peer_drop_reports_reset,
             lossless_session_survives_injected_faults,
             million_messages_lossless_with_faults,
