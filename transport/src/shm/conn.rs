@@ -352,17 +352,22 @@ impl Conn {
             return false;
         };
         let res = (|| -> Result<(bool, bool), String> {
-            // The consumer's positions before this attempt. A blocked producer retries only
-            // once the consumer has moved past them (it released room). They are read before
-            // the attempt, so a consumer that drains everything right after a failed push
-            // still counts as having moved (a free-space snapshot taken after the failure
-            // could already be the maximum and never grow again: a lost wake-up).
-            let before = (
-                m.tx.consumer_position().map_err(|e| e.to_string())?,
-                m.out.released().map_err(|e| e.to_string())?,
-            );
+            // A blocked producer retries only once the consumer has moved past the positions
+            // (ring, area) it saw when it found no room. Those are the producer's cached
+            // positions after the failed attempt: a push or reserve re-reads the shared position
+            // before it reports no room, and a cache only ever holds values read before the
+            // failure was decided. So a consumer that releases room right after the failure
+            // moves past them (no lost wake-up), and with both positions unchanged the same
+            // attempt would fail again. (A snapshot read after the failure could already include
+            // that release and never change again.) On the unblocked path nothing is read from
+            // the consumer's lines: re-reading `head` on every send would pull the line the
+            // consumer just wrote across cores, on the critical path of every message.
             if let Some(at) = self.tx_blocked.get() {
-                if before == at {
+                let now = (
+                    m.tx.consumer_position().map_err(|e| e.to_string())?,
+                    m.out.released().map_err(|e| e.to_string())?,
+                );
+                if now == at {
                     return Ok((false, true));
                 }
                 self.tx_blocked.set(None);
@@ -377,7 +382,10 @@ impl Conn {
                 }
             }
             if blocked {
-                self.tx_blocked.set(Some(before));
+                self.tx_blocked.set(Some((
+                    m.tx.cached_consumer_position(),
+                    m.out.cached_released(),
+                )));
             }
             if progress && m.tx.take_consumer_waiting() {
                 self.wake_peer();

@@ -378,13 +378,21 @@ impl Producer {
         Ok(head)
     }
 
-    /// Free bytes in the data area (re-reads and validates `head`).
     /// The consumer's position (bytes it has released), re-read and validated. Monotonic.
     pub fn consumer_position(&mut self) -> Result<u64> {
         self.head_cache = self.load_head(self.head_cache)?;
         Ok(self.head_cache)
     }
 
+    /// The consumer's position as last read (and validated) by this producer: by
+    /// [`Producer::consumer_position`], [`Producer::free_space`], or a push that found too little
+    /// room in its cache (a push re-reads `head` before it reports `Ok(false)`). No memory access
+    /// to the shared line.
+    pub fn cached_consumer_position(&self) -> u64 {
+        self.head_cache
+    }
+
+    /// Free bytes in the data area (re-reads and validates `head`).
     pub fn free_space(&mut self) -> Result<usize> {
         self.head_cache = self.load_head(self.head_cache)?;
         Ok(self.raw.capacity - (self.tail - self.head_cache) as usize)
