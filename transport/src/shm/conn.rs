@@ -150,6 +150,8 @@ pub(crate) struct Conn {
     closed: Cell<bool>,
     /// Blocked for room: the consumer's (ring, area) positions read before the failed attempt.
     tx_blocked: Cell<Option<(u64, u64)>>,
+    /// `send` calls on the queued path that have not finished (some may wait for room).
+    pub(crate) queued_senders: Cell<usize>,
 }
 
 fn next_id() -> u64 {
@@ -183,6 +185,7 @@ impl Conn {
             dead: RefCell::new(None),
             closed: Cell::new(false),
             tx_blocked: Cell::new(None),
+            queued_senders: Cell::new(0),
         };
         if let Some(d) = p.dead {
             *c.dead.borrow_mut() = Some(d);
@@ -335,6 +338,54 @@ impl Conn {
             }
         }
         records > 0
+    }
+
+    /// The fast path of a send: with nothing queued, being moved or waiting to be queued, a send
+    /// that fits one inline record goes straight into the ring when it has room now, and is
+    /// published at once (as the poller would have done with it: same record, same wake-up
+    /// check). Order is kept: nothing of earlier sends is still queued, and no other send is
+    /// waiting for room. `Ok(false)`: not taken (the caller queues the buffers). `Err(())`: the
+    /// shared state is corrupt and the connection was reset.
+    pub(crate) fn try_send_inline(&self, bufs: &[Bytes]) -> Result<bool, ()> {
+        if bufs.len() > MAX_PARTS
+            || self.queued_senders.get() != 0
+            || self.tx_blocked.get().is_some()
+            || !self.sendq.is_empty()
+            || self.sendq.is_inflight()
+        {
+            return Ok(false);
+        }
+        let mut guard = self.mapped.borrow_mut();
+        let Some(m) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let inline_max = self.tun.inline_max.min(m.tx.max_payload());
+        let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+        let mut total = 0usize;
+        for (p, b) in parts.iter_mut().zip(bufs) {
+            total += b.len();
+            *p = b;
+        }
+        if total == 0 {
+            return Ok(true);
+        }
+        if total > inline_max {
+            return Ok(false);
+        }
+        match m.tx.try_push(KIND_DATA, &parts[..bufs.len()]) {
+            Ok(true) => {
+                if m.tx.take_consumer_waiting() {
+                    self.wake_peer();
+                }
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                drop(guard);
+                self.fail(format!("peer corrupted shared memory: {e}"), true);
+                Err(())
+            }
+        }
     }
 
     /// Moves queued bytes into the ring and area while they have room. Called by the poller
