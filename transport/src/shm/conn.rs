@@ -95,21 +95,21 @@ pub(crate) struct ConnParts {
     pub(crate) dead: Option<Dead>,
 }
 
-/// Receive buffers being filled by one `pump_rx`.
-struct RxBatch {
+/// Receive buffers being filled by one `pump_rx`, appended straight to the receive queue.
+struct RxBatch<'a> {
     pool: BytesMut,
     block: usize,
     buf_size: usize,
-    out: Vec<Bytes>,
+    out: &'a mut VecDeque<Bytes>,
     out_bytes: usize,
 }
 
-impl RxBatch {
+impl RxBatch<'_> {
     /// Moves the filled part of the pool out as one received buffer.
     fn emit(&mut self) {
         if !self.pool.is_empty() {
             self.out_bytes += self.pool.len();
-            self.out.push(self.pool.split().freeze());
+            self.out.push_back(self.pool.split().freeze());
         }
     }
 
@@ -241,11 +241,13 @@ impl Conn {
         // Bounds the work even if a hostile peer keeps publishing (empty) records: one poll
         // takes at most a ring's worth of records.
         let max_records = m.rx.capacity() / 8;
+        // No user code runs while the queue is borrowed: only copies out of the mapping.
+        let mut recvq = self.recvq.borrow_mut();
         let mut rx = RxBatch {
             pool: std::mem::take(&mut *self.rx_pool.borrow_mut()),
             block: self.tun.recv_buf_size.max(4 * self.tun.chunk_size),
             buf_size: self.tun.recv_buf_size.max(1),
-            out: Vec::new(),
+            out: &mut recvq,
             out_bytes: 0,
         };
         let mut eos = self.peer_eos.get();
@@ -304,15 +306,16 @@ impl Conn {
                     other => err = Some(format!("unknown record kind {other}")),
                 }
             });
+            let full = matches!(r, Ok(n) if n == POP_BATCH);
             match r {
-                Ok(0) => break,
                 Ok(n) => records += n,
                 Err(e) => {
                     err.get_or_insert(e.to_string());
                     break;
                 }
             }
-            if err.is_some() {
+            // A short batch found the ring empty: do not ask again in this poll.
+            if err.is_some() || !full {
                 break;
             }
         }
@@ -321,10 +324,11 @@ impl Conn {
             self.wake_peer();
         }
         drop(guard);
-        *self.rx_pool.borrow_mut() = rx.pool;
-        if rx.out_bytes > 0 {
-            self.recvq.borrow_mut().extend(rx.out);
-            self.recvq_bytes.set(queued + rx.out_bytes);
+        let (pool, out_bytes) = (rx.pool, rx.out_bytes);
+        drop(recvq);
+        *self.rx_pool.borrow_mut() = pool;
+        if out_bytes > 0 {
+            self.recvq_bytes.set(queued + out_bytes);
         }
         if eos && !self.peer_eos.get() {
             self.peer_eos.set(true);
@@ -673,6 +677,14 @@ impl Conn {
         if let Some(b) = self.recvq.borrow_mut().pop_front() {
             self.recvq_bytes.set(self.recvq_bytes.get() - b.len());
             return Poll::Ready(Ok(b));
+        }
+        if !self.closed.get() && !self.peer_eos.get() && self.dead.borrow().is_none() {
+            // Nothing yet (the usual case: no error to build, no address to clone).
+            let mut w = self.recv_waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
         }
         let peer = self.peer.clone();
         if self.closed.get() {
