@@ -34,6 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -152,7 +153,17 @@ pub(crate) struct Conn {
     tx_blocked: Cell<Option<(u64, u64)>>,
     /// `send` calls on the queued path that have not finished (some may wait for room).
     pub(crate) queued_senders: Cell<usize>,
+    /// Wake-up checks owed to the peer: [`PUBLISHED`] and/or [`RELEASED`] (see
+    /// [`Conn::settle_wakeups`]).
+    owed: Cell<u8>,
 }
+
+/// We published records since the last [`Conn::settle_wakeups`]: the peer may be parked
+/// waiting for data (`consumer_waiting`).
+const PUBLISHED: u8 = 1;
+/// We released ring or area room since the last [`Conn::settle_wakeups`]: the peer may be
+/// parked waiting for room (`producer_waiting`).
+const RELEASED: u8 = 2;
 
 fn next_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,6 +197,7 @@ impl Conn {
             closed: Cell::new(false),
             tx_blocked: Cell::new(None),
             queued_senders: Cell::new(0),
+            owed: Cell::new(0),
         };
         if let Some(d) = p.dead {
             *c.dead.borrow_mut() = Some(d);
@@ -201,9 +213,54 @@ impl Conn {
 
     /// One poll: receive, then send. Returns whether anything moved.
     pub(crate) fn pump(&self) -> bool {
+        self.settle_wakeups();
         let rx = self.pump_rx(false);
         let tx = self.pump_tx();
         rx | tx
+    }
+
+    /// Sends the wake-ups owed since the last call: one `SeqCst` fence, then read-and-clear the
+    /// peer's `consumer_waiting` (if we published) and `producer_waiting` (if we released), and
+    /// one wake-up byte if either was set.
+    ///
+    /// # Why deferring is safe
+    /// Each flag is a Dekker handshake: the peer stores its flag, fences, then re-checks our
+    /// index; we store our index (publish or release), fence, then read its flag. Whatever runs
+    /// between our store and our fence does not matter: once both sides have fenced, either
+    /// the peer's re-check saw our index (it does not park) or our read sees its flag (we wake
+    /// it). Deferring only delays the wake-up, and it is bounded: this runs at the start of
+    /// every poll of the connection (once per loop iteration), at the end of
+    /// [`Conn::enter_park`] (before this core parks) and in [`Conn::take_parts`] (before a
+    /// hand-off takes the connection off this core's poller). A connection that dies owes
+    /// nothing: the peer sees the socket hang up. Doing it here rather than right after each
+    /// publish or release takes the fence (which waits for our stores to reach the peer's
+    /// cache) off the path from one message to the next, and pays one fence for both
+    /// directions.
+    fn settle_wakeups(&self) {
+        let owed = self.owed.replace(0);
+        if owed == 0 {
+            return;
+        }
+        let guard = self.mapped.borrow();
+        let Some(m) = guard.as_ref() else {
+            return;
+        };
+        fence(Ordering::SeqCst);
+        let mut wake = false;
+        if owed & PUBLISHED != 0 {
+            wake |= m.tx.take_consumer_waiting_fenced();
+        }
+        if owed & RELEASED != 0 {
+            wake |= m.rx_peer_waiting.take_fenced();
+        }
+        drop(guard);
+        if wake {
+            self.wake_peer();
+        }
+    }
+
+    fn owe(&self, what: u8) {
+        self.owed.set(self.owed.get() | what);
     }
 
     /// Writes one wake-up byte to the peer (it is parked, or waits for room).
@@ -320,8 +377,8 @@ impl Conn {
             }
         }
         rx.emit();
-        if err.is_none() && records > 0 && m.rx_peer_waiting.take() {
-            self.wake_peer();
+        if err.is_none() && records > 0 {
+            self.owe(RELEASED);
         }
         drop(guard);
         let (pool, out_bytes) = (rx.pool, rx.out_bytes);
@@ -378,9 +435,7 @@ impl Conn {
         }
         match m.tx.try_push(KIND_DATA, &parts[..bufs.len()]) {
             Ok(true) => {
-                if m.tx.take_consumer_waiting() {
-                    self.wake_peer();
-                }
+                self.owe(PUBLISHED);
                 Ok(true)
             }
             Ok(false) => Ok(false),
@@ -442,8 +497,8 @@ impl Conn {
                     m.out.cached_released(),
                 )));
             }
-            if progress && m.tx.take_consumer_waiting() {
-                self.wake_peer();
+            if progress {
+                self.owe(PUBLISHED);
             }
             Ok((progress, blocked))
         })();
@@ -563,6 +618,8 @@ impl Conn {
 
     /// The poller wants to park: arm wake-ups, re-check. `false` vetoes the park.
     pub(crate) fn enter_park(&self) -> bool {
+        // Before this core may park, the peer gets every wake-up it is owed.
+        self.settle_wakeups();
         {
             let guard = self.mapped.borrow();
             let Some(m) = guard.as_ref() else {
@@ -578,7 +635,9 @@ impl Conn {
             m.tx_waiting.set();
         }
         // Re-check for room after announcing that we wait for it.
-        !self.pump_tx()
+        let park = !self.pump_tx();
+        self.settle_wakeups();
+        park
     }
 
     /// After a park (or a vetoed one): disarm the wake-up flags.
@@ -738,6 +797,8 @@ impl Conn {
 
     /// Takes the movable state out (for a transfer); the connection is left inactive.
     pub(crate) fn take_parts(&self, sock: OwnedFd) -> ConnParts {
+        // This core's poller no longer settles for this connection.
+        self.settle_wakeups();
         self.watch_stop.stop();
         let mapped = self.mapped.borrow_mut().take();
         let recvq = std::mem::take(&mut *self.recvq.borrow_mut());

@@ -471,6 +471,14 @@ impl Producer {
     /// wake-up must be sent through the socket.
     pub fn take_consumer_waiting(&self) -> bool {
         fence(Ordering::SeqCst);
+        self.take_consumer_waiting_fenced()
+    }
+
+    /// [`Producer::take_consumer_waiting`] without its fence, for a caller that has issued a
+    /// `SeqCst` fence itself after its last publish (e.g. one fence for several rings). The
+    /// protocol only needs publish → fence → read of the flag, in that order; other work may
+    /// come between them, which only delays the wake-up.
+    pub fn take_consumer_waiting_fenced(&self) -> bool {
         self.raw.waiting().load(Ordering::SeqCst) != 0
             && self.raw.waiting().swap(0, Ordering::SeqCst) != 0
     }
