@@ -134,6 +134,13 @@ impl AreaWriter {
         Ok(self.head_cache)
     }
 
+    /// The released position as last read (and validated) by this writer: by
+    /// [`AreaWriter::released`], [`AreaWriter::free`], or a [`AreaWriter::reserve`] that found
+    /// too little room in its cache (it re-reads before it reports `Ok(None)`).
+    pub fn cached_released(&self) -> u64 {
+        self.head_cache
+    }
+
     /// Free bytes (re-reads and validates the released position).
     pub fn free(&mut self) -> Result<u64, AreaError> {
         self.head_cache = self.load_head()?;

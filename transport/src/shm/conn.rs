@@ -34,6 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -95,21 +96,21 @@ pub(crate) struct ConnParts {
     pub(crate) dead: Option<Dead>,
 }
 
-/// Receive buffers being filled by one `pump_rx`.
-struct RxBatch {
+/// Receive buffers being filled by one `pump_rx`, appended straight to the receive queue.
+struct RxBatch<'a> {
     pool: BytesMut,
     block: usize,
     buf_size: usize,
-    out: Vec<Bytes>,
+    out: &'a mut VecDeque<Bytes>,
     out_bytes: usize,
 }
 
-impl RxBatch {
+impl RxBatch<'_> {
     /// Moves the filled part of the pool out as one received buffer.
     fn emit(&mut self) {
         if !self.pool.is_empty() {
             self.out_bytes += self.pool.len();
-            self.out.push(self.pool.split().freeze());
+            self.out.push_back(self.pool.split().freeze());
         }
     }
 
@@ -150,7 +151,19 @@ pub(crate) struct Conn {
     closed: Cell<bool>,
     /// Blocked for room: the consumer's (ring, area) positions read before the failed attempt.
     tx_blocked: Cell<Option<(u64, u64)>>,
+    /// `send` calls on the queued path that have not finished (some may wait for room).
+    pub(crate) queued_senders: Cell<usize>,
+    /// Wake-up checks owed to the peer: [`PUBLISHED`] and/or [`RELEASED`] (see
+    /// [`Conn::settle_wakeups`]).
+    owed: Cell<u8>,
 }
+
+/// We published records since the last [`Conn::settle_wakeups`]: the peer may be parked
+/// waiting for data (`consumer_waiting`).
+const PUBLISHED: u8 = 1;
+/// We released ring or area room since the last [`Conn::settle_wakeups`]: the peer may be
+/// parked waiting for room (`producer_waiting`).
+const RELEASED: u8 = 2;
 
 fn next_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,6 +196,8 @@ impl Conn {
             dead: RefCell::new(None),
             closed: Cell::new(false),
             tx_blocked: Cell::new(None),
+            queued_senders: Cell::new(0),
+            owed: Cell::new(0),
         };
         if let Some(d) = p.dead {
             *c.dead.borrow_mut() = Some(d);
@@ -198,9 +213,54 @@ impl Conn {
 
     /// One poll: receive, then send. Returns whether anything moved.
     pub(crate) fn pump(&self) -> bool {
+        self.settle_wakeups();
         let rx = self.pump_rx(false);
         let tx = self.pump_tx();
         rx | tx
+    }
+
+    /// Sends the wake-ups owed since the last call: one `SeqCst` fence, then read-and-clear the
+    /// peer's `consumer_waiting` (if we published) and `producer_waiting` (if we released), and
+    /// one wake-up byte if either was set.
+    ///
+    /// # Why deferring is safe
+    /// Each flag is a Dekker handshake: the peer stores its flag, fences, then re-checks our
+    /// index; we store our index (publish or release), fence, then read its flag. Whatever runs
+    /// between our store and our fence does not matter: once both sides have fenced, either
+    /// the peer's re-check saw our index (it does not park) or our read sees its flag (we wake
+    /// it). Deferring only delays the wake-up, and it is bounded: this runs at the start of
+    /// every poll of the connection (once per loop iteration), at the end of
+    /// [`Conn::enter_park`] (before this core parks) and in [`Conn::take_parts`] (before a
+    /// hand-off takes the connection off this core's poller). A connection that dies owes
+    /// nothing: the peer sees the socket hang up. Doing it here rather than right after each
+    /// publish or release takes the fence (which waits for our stores to reach the peer's
+    /// cache) off the path from one message to the next, and pays one fence for both
+    /// directions.
+    fn settle_wakeups(&self) {
+        let owed = self.owed.replace(0);
+        if owed == 0 {
+            return;
+        }
+        let guard = self.mapped.borrow();
+        let Some(m) = guard.as_ref() else {
+            return;
+        };
+        fence(Ordering::SeqCst);
+        let mut wake = false;
+        if owed & PUBLISHED != 0 {
+            wake |= m.tx.take_consumer_waiting_fenced();
+        }
+        if owed & RELEASED != 0 {
+            wake |= m.rx_peer_waiting.take_fenced();
+        }
+        drop(guard);
+        if wake {
+            self.wake_peer();
+        }
+    }
+
+    fn owe(&self, what: u8) {
+        self.owed.set(self.owed.get() | what);
     }
 
     /// Writes one wake-up byte to the peer (it is parked, or waits for room).
@@ -238,11 +298,13 @@ impl Conn {
         // Bounds the work even if a hostile peer keeps publishing (empty) records: one poll
         // takes at most a ring's worth of records.
         let max_records = m.rx.capacity() / 8;
+        // No user code runs while the queue is borrowed: only copies out of the mapping.
+        let mut recvq = self.recvq.borrow_mut();
         let mut rx = RxBatch {
             pool: std::mem::take(&mut *self.rx_pool.borrow_mut()),
             block: self.tun.recv_buf_size.max(4 * self.tun.chunk_size),
             buf_size: self.tun.recv_buf_size.max(1),
-            out: Vec::new(),
+            out: &mut recvq,
             out_bytes: 0,
         };
         let mut eos = self.peer_eos.get();
@@ -301,27 +363,29 @@ impl Conn {
                     other => err = Some(format!("unknown record kind {other}")),
                 }
             });
+            let full = matches!(r, Ok(n) if n == POP_BATCH);
             match r {
-                Ok(0) => break,
                 Ok(n) => records += n,
                 Err(e) => {
                     err.get_or_insert(e.to_string());
                     break;
                 }
             }
-            if err.is_some() {
+            // A short batch found the ring empty: do not ask again in this poll.
+            if err.is_some() || !full {
                 break;
             }
         }
         rx.emit();
-        if err.is_none() && records > 0 && m.rx_peer_waiting.take() {
-            self.wake_peer();
+        if err.is_none() && records > 0 {
+            self.owe(RELEASED);
         }
         drop(guard);
-        *self.rx_pool.borrow_mut() = rx.pool;
-        if rx.out_bytes > 0 {
-            self.recvq.borrow_mut().extend(rx.out);
-            self.recvq_bytes.set(queued + rx.out_bytes);
+        let (pool, out_bytes) = (rx.pool, rx.out_bytes);
+        drop(recvq);
+        *self.rx_pool.borrow_mut() = pool;
+        if out_bytes > 0 {
+            self.recvq_bytes.set(queued + out_bytes);
         }
         if eos && !self.peer_eos.get() {
             self.peer_eos.set(true);
@@ -335,6 +399,52 @@ impl Conn {
             }
         }
         records > 0
+    }
+
+    /// The fast path of a send: with nothing queued, being moved or waiting to be queued, a send
+    /// that fits one inline record goes straight into the ring when it has room now, and is
+    /// published at once (as the poller would have done with it: same record, same wake-up
+    /// check). Order is kept: nothing of earlier sends is still queued, and no other send is
+    /// waiting for room. `Ok(false)`: not taken (the caller queues the buffers). `Err(())`: the
+    /// shared state is corrupt and the connection was reset.
+    pub(crate) fn try_send_inline(&self, bufs: &[Bytes]) -> Result<bool, ()> {
+        if bufs.len() > MAX_PARTS
+            || self.queued_senders.get() != 0
+            || self.tx_blocked.get().is_some()
+            || !self.sendq.is_empty()
+            || self.sendq.is_inflight()
+        {
+            return Ok(false);
+        }
+        let mut guard = self.mapped.borrow_mut();
+        let Some(m) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let inline_max = self.tun.inline_max.min(m.tx.max_payload());
+        let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+        let mut total = 0usize;
+        for (p, b) in parts.iter_mut().zip(bufs) {
+            total += b.len();
+            *p = b;
+        }
+        if total == 0 {
+            return Ok(true);
+        }
+        if total > inline_max {
+            return Ok(false);
+        }
+        match m.tx.try_push(KIND_DATA, &parts[..bufs.len()]) {
+            Ok(true) => {
+                self.owe(PUBLISHED);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                drop(guard);
+                self.fail(format!("peer corrupted shared memory: {e}"), true);
+                Err(())
+            }
+        }
     }
 
     /// Moves queued bytes into the ring and area while they have room. Called by the poller
@@ -352,17 +462,22 @@ impl Conn {
             return false;
         };
         let res = (|| -> Result<(bool, bool), String> {
-            // The consumer's positions before this attempt. A blocked producer retries only
-            // once the consumer has moved past them (it released room). They are read before
-            // the attempt, so a consumer that drains everything right after a failed push
-            // still counts as having moved (a free-space snapshot taken after the failure
-            // could already be the maximum and never grow again: a lost wake-up).
-            let before = (
-                m.tx.consumer_position().map_err(|e| e.to_string())?,
-                m.out.released().map_err(|e| e.to_string())?,
-            );
+            // A blocked producer retries only once the consumer has moved past the positions
+            // (ring, area) it saw when it found no room. Those are the producer's cached
+            // positions after the failed attempt: a push or reserve re-reads the shared position
+            // before it reports no room, and a cache only ever holds values read before the
+            // failure was decided. So a consumer that releases room right after the failure
+            // moves past them (no lost wake-up), and with both positions unchanged the same
+            // attempt would fail again. (A snapshot read after the failure could already include
+            // that release and never change again.) On the unblocked path nothing is read from
+            // the consumer's lines: re-reading `head` on every send would pull the line the
+            // consumer just wrote across cores, on the critical path of every message.
             if let Some(at) = self.tx_blocked.get() {
-                if before == at {
+                let now = (
+                    m.tx.consumer_position().map_err(|e| e.to_string())?,
+                    m.out.released().map_err(|e| e.to_string())?,
+                );
+                if now == at {
                     return Ok((false, true));
                 }
                 self.tx_blocked.set(None);
@@ -377,10 +492,13 @@ impl Conn {
                 }
             }
             if blocked {
-                self.tx_blocked.set(Some(before));
+                self.tx_blocked.set(Some((
+                    m.tx.cached_consumer_position(),
+                    m.out.cached_released(),
+                )));
             }
-            if progress && m.tx.take_consumer_waiting() {
-                self.wake_peer();
+            if progress {
+                self.owe(PUBLISHED);
             }
             Ok((progress, blocked))
         })();
@@ -500,6 +618,8 @@ impl Conn {
 
     /// The poller wants to park: arm wake-ups, re-check. `false` vetoes the park.
     pub(crate) fn enter_park(&self) -> bool {
+        // Before this core may park, the peer gets every wake-up it is owed.
+        self.settle_wakeups();
         {
             let guard = self.mapped.borrow();
             let Some(m) = guard.as_ref() else {
@@ -515,7 +635,9 @@ impl Conn {
             m.tx_waiting.set();
         }
         // Re-check for room after announcing that we wait for it.
-        !self.pump_tx()
+        let park = !self.pump_tx();
+        self.settle_wakeups();
+        park
     }
 
     /// After a park (or a vetoed one): disarm the wake-up flags.
@@ -615,6 +737,14 @@ impl Conn {
             self.recvq_bytes.set(self.recvq_bytes.get() - b.len());
             return Poll::Ready(Ok(b));
         }
+        if !self.closed.get() && !self.peer_eos.get() && self.dead.borrow().is_none() {
+            // Nothing yet (the usual case: no error to build, no address to clone).
+            let mut w = self.recv_waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
         let peer = self.peer.clone();
         if self.closed.get() {
             return Poll::Ready(Err(TransportError::Closed { peer }));
@@ -667,6 +797,8 @@ impl Conn {
 
     /// Takes the movable state out (for a transfer); the connection is left inactive.
     pub(crate) fn take_parts(&self, sock: OwnedFd) -> ConnParts {
+        // This core's poller no longer settles for this connection.
+        self.settle_wakeups();
         self.watch_stop.stop();
         let mapped = self.mapped.borrow_mut().take();
         let recvq = std::mem::take(&mut *self.recvq.borrow_mut());

@@ -76,11 +76,26 @@ impl Endpoint for ShmEndpoint {
         if !self.conn.can_send() {
             return Err(self.conn.send_error());
         }
+        match self.conn.try_send_inline(&bufs) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(()) => return Err(self.conn.send_error()),
+        }
+        // Counted while queueing (and waiting for room), so no later send takes the fast path
+        // ahead of it; the guard also uncounts a send whose future is dropped while waiting.
+        struct Queued<'a>(&'a std::cell::Cell<usize>);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
         self.conn
-            .sendq
-            .push(bufs)
-            .await
-            .map_err(|_| self.conn.send_error())?;
+            .queued_senders
+            .set(self.conn.queued_senders.get() + 1);
+        let queued = Queued(&self.conn.queued_senders);
+        let r = self.conn.sendq.push(bufs).await;
+        drop(queued);
+        r.map_err(|_| self.conn.send_error())?;
         // Move the data into the ring now rather than at the poller's next turn.
         self.conn.pump_tx();
         Ok(())
@@ -90,6 +105,11 @@ impl Endpoint for ShmEndpoint {
         self.check();
         if !self.conn.can_send() {
             return Err((self.conn.send_error(), bufs));
+        }
+        match self.conn.try_send_inline(&bufs) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(()) => return Err((self.conn.send_error(), bufs)),
         }
         let q = &self.conn.sendq;
         let r = q.try_push(bufs).map_err(|bufs| {

@@ -243,9 +243,9 @@ impl WaitFlag {
     pub(crate) fn clear(&self) {
         self.get().store(0, Ordering::SeqCst);
     }
-    /// Consumer side, after releasing room: fence, then read-and-clear.
-    pub(crate) fn take(&self) -> bool {
-        fence(Ordering::SeqCst);
+    /// Consumer side, after releasing room and then issuing a `SeqCst` fence: read-and-clear
+    /// (see `Conn::settle_wakeups`).
+    pub(crate) fn take_fenced(&self) -> bool {
         self.get().load(Ordering::SeqCst) != 0 && self.get().swap(0, Ordering::SeqCst) != 0
     }
 }

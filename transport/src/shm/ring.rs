@@ -378,13 +378,21 @@ impl Producer {
         Ok(head)
     }
 
-    /// Free bytes in the data area (re-reads and validates `head`).
     /// The consumer's position (bytes it has released), re-read and validated. Monotonic.
     pub fn consumer_position(&mut self) -> Result<u64> {
         self.head_cache = self.load_head(self.head_cache)?;
         Ok(self.head_cache)
     }
 
+    /// The consumer's position as last read (and validated) by this producer: by
+    /// [`Producer::consumer_position`], [`Producer::free_space`], or a push that found too little
+    /// room in its cache (a push re-reads `head` before it reports `Ok(false)`). No memory access
+    /// to the shared line.
+    pub fn cached_consumer_position(&self) -> u64 {
+        self.head_cache
+    }
+
+    /// Free bytes in the data area (re-reads and validates `head`).
     pub fn free_space(&mut self) -> Result<usize> {
         self.head_cache = self.load_head(self.head_cache)?;
         Ok(self.raw.capacity - (self.tail - self.head_cache) as usize)
@@ -463,6 +471,14 @@ impl Producer {
     /// wake-up must be sent through the socket.
     pub fn take_consumer_waiting(&self) -> bool {
         fence(Ordering::SeqCst);
+        self.take_consumer_waiting_fenced()
+    }
+
+    /// [`Producer::take_consumer_waiting`] without its fence, for a caller that has issued a
+    /// `SeqCst` fence itself after its last publish (e.g. one fence for several rings). The
+    /// protocol only needs publish → fence → read of the flag, in that order; other work may
+    /// come between them, which only delays the wake-up.
+    pub fn take_consumer_waiting_fenced(&self) -> bool {
         self.raw.waiting().load(Ordering::SeqCst) != 0
             && self.raw.waiting().swap(0, Ordering::SeqCst) != 0
     }
