@@ -34,7 +34,7 @@ use crate::io::{run_session, FrameReader};
 use crate::messenger::Shared;
 use crate::protocol::handshake::{self, send_frame, Accepted, ClientHello, ServerReply};
 use crate::protocol::reconnect::{
-    on_client_ident, on_reconnect, Existing, IdentDecision, ReconnectDecision, Role,
+    on_client_ident, on_reconnect, IdentDecision, ReconnectDecision, Role,
 };
 use crate::session::{core_state, is_refused, report_close, Attach, Conn, CoreState};
 use crate::wire::{
@@ -442,28 +442,31 @@ async fn on_owning_core(
                     }
                 }
             }
-            ClientHello::Reconnect(r) => match on_reconnect(ex.as_ref(), r) {
-                d if log_decision(&key, &ex, d) => unreachable!("log_decision is false"),
-                ReconnectDecision::Resume => {
-                    let c = existing.expect("resume needs a connection");
-                    c.update_ids(|i| {
-                        i.connect_seq = r.connect_seq + 1;
-                        i.peer_global_seq = r.global_seq;
-                    });
-                    let msg_seq = r.msg_seq;
-                    c.attach(Attach::Resume { ep, rd, msg_seq });
-                    return;
+            ClientHello::Reconnect(r) => {
+                let d = on_reconnect(ex.as_ref(), r);
+                tracing::debug!(peer = %key, existing = ?ex, decision = ?d, "SESSION_RECONNECT");
+                match d {
+                    ReconnectDecision::Resume => {
+                        let c = existing.expect("resume needs a connection");
+                        c.update_ids(|i| {
+                            i.connect_seq = r.connect_seq + 1;
+                            i.peer_global_seq = r.global_seq;
+                        });
+                        let msg_seq = r.msg_seq;
+                        c.attach(Attach::Resume { ep, rd, msg_seq });
+                        return;
+                    }
+                    ReconnectDecision::Retry(connect_seq) => {
+                        send_frame(&ep, &rd.peer, &SessionRetry { connect_seq }).await
+                    }
+                    ReconnectDecision::RetryGlobal(global_seq) => {
+                        send_frame(&ep, &rd.peer, &SessionRetryGlobal { global_seq }).await
+                    }
+                    ReconnectDecision::Reset { full } => {
+                        send_frame(&ep, &rd.peer, &SessionReset { full }).await
+                    }
                 }
-                ReconnectDecision::Retry(connect_seq) => {
-                    send_frame(&ep, &rd.peer, &SessionRetry { connect_seq }).await
-                }
-                ReconnectDecision::RetryGlobal(global_seq) => {
-                    send_frame(&ep, &rd.peer, &SessionRetryGlobal { global_seq }).await
-                }
-                ReconnectDecision::Reset { full } => {
-                    send_frame(&ep, &rd.peer, &SessionReset { full }).await
-                }
-            },
+            }
         };
         let next = match reply {
             Ok(()) => handshake::read_client_hello(&ep, &mut rd, &acc.policy).await,
@@ -478,11 +481,6 @@ async fn on_owning_core(
             }
         }
     }
-}
-
-fn log_decision(key: &PeerAddr, ex: &Option<Existing>, d: ReconnectDecision) -> bool {
-    tracing::debug!(peer = %key, existing = ?ex, decision = ?d, "SESSION_RECONNECT");
-    false
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {
