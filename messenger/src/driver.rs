@@ -4,13 +4,17 @@
 //! A connection's task ([`conn_main`]) loops over two phases:
 //! 1. get a transport with a finished handshake: as the session's client, connect and send
 //!    CLIENT_IDENT (new session) or SESSION_RECONNECT (resume); as its server, wait for the
-//!    accept path to hand one over ([`Attach`]);
+//!    accept path to hand one over ([`Attach`]), or, when something waits to be sent and the
+//!    peer can be connected to ([`Conn::may_reconnect`]), reconnect to the peer with
+//!    SESSION_RECONNECT like a client;
 //! 2. run the session ([`run_session`]) until the transport fails or a newer one supersedes
 //!    it. Then everything written and not acked is queued for replay.
 //!
 //! A lossy session ends at its first fault (`ms_handle_reset`). A lossless one goes back to
 //! phase 1: its client reconnects at once, then with exponential back-off; its server keeps
-//! the queues in standby until the client is back. Messages keep their seqs across a
+//! the queues in standby until the client is back or it has something to send itself. Under
+//! a `standby` policy (lossless peers) the client too waits in standby when it has nothing to
+//! send, as Ceph's ProtocolV2 `fault()` does, so whichever side has messages reconnects. Messages keep their seqs across a
 //! reconnect; SESSION_RECONNECT and SESSION_RECONNECT_OK carry each side's last received seq,
 //! so each side replays exactly what the other lacks and drops duplicates by seq.
 //!
@@ -93,14 +97,25 @@ pub(crate) async fn conn_main(cs: &Rc<CoreState>, conn: &Rc<Conn>) -> Result<()>
     let mut refused_reported = false;
     loop {
         // Phase 1: a transport with a finished handshake.
-        let next = if conn.role.get() == Role::Client {
-            or(
-                async { Next::Attempt(client_attempt(cs, conn).await) },
-                async { Next::Attach(conn.next_attach().await) },
-            )
-            .await
-        } else {
-            Next::Attach(conn.next_attach().await)
+        let next = match conn.role.get() {
+            Role::Client if !(conn.in_standby() && m.reachable()) => {
+                or(
+                    async { Next::Attempt(client_attempt(cs, conn).await) },
+                    async { Next::Attach(conn.next_attach().await) },
+                )
+                .await
+            }
+            _ if conn.may_reconnect() => {
+                or(async { Next::Attach(conn.next_attach().await) }, async {
+                    conn.queued().await;
+                    bump(&m.counters.standby_reconnects);
+                    tracing::debug!(peer = %conn.cref.peer(), role = ?conn.role.get(),
+                        "standby session has something to send: reconnecting to the peer");
+                    Next::Attempt(client_attempt(cs, conn).await)
+                })
+                .await
+            }
+            _ => Next::Attach(conn.next_attach().await),
         };
         let live = match next {
             Next::Attach(a) => match serve_attach(&m, conn, a).await {
@@ -210,8 +225,19 @@ async fn serve_attach(m: &Shared, conn: &Conn, a: Attach) -> Result<Live> {
     }
 }
 
-/// One connection attempt as the session's client.
+/// Clears [`Conn::connecting`] when an attempt ends or is dropped.
+struct Connecting<'a>(&'a Conn);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.set(false);
+    }
+}
+
+/// One connection attempt as the session's client (or its server, reconnecting to send).
 async fn client_attempt(cs: &CoreState, conn: &Conn) -> Result<Live> {
+    conn.connecting.set(true);
+    let _connecting = Connecting(conn);
     let m = &cs.msgr;
     let peer = conn.cref.peer().clone();
     let ep = cs
@@ -264,6 +290,8 @@ async fn client_handshake(
         }
         match handshake::read_server_reply(ep, rd, m, &auth).await? {
             ServerReply::Ident(info) => {
+                // A new session: whoever opened it is its client from now on.
+                conn.role.set(Role::Client);
                 conn.out.borrow_mut().reset_session(false);
                 conn.update_ids(|i| {
                     i.server_cookie = info.cookie;
@@ -310,8 +338,17 @@ async fn client_handshake(
     }
 }
 
-/// Accept connections until the messenger stops.
+/// Accept connections until the messenger stops; then close the listener and tell
+/// [`crate::session::stop_core`].
+/// The caller sets [`CoreState::accepting`] when it spawns this.
 pub(crate) async fn accept_loop(cs: Rc<CoreState>, l: AnyListener) {
+    accept_until_stopped(&cs, &l).await;
+    drop(l);
+    cs.accepting.set(false);
+    cs.listener_done.notify();
+}
+
+async fn accept_until_stopped(cs: &Rc<CoreState>, l: &AnyListener) {
     loop {
         let next = or(async { Some(l.accept().await) }, async {
             cs.listener_stop.wait().await;
@@ -443,7 +480,7 @@ async fn on_owning_core(
                 }
             }
             ClientHello::Reconnect(r) => {
-                let d = on_reconnect(ex.as_ref(), r);
+                let d = on_reconnect(ex.as_ref(), r, m.wins_race(&key));
                 tracing::debug!(peer = %key, existing = ?ex, decision = ?d, "SESSION_RECONNECT");
                 match d {
                     ReconnectDecision::Resume => {
@@ -464,6 +501,12 @@ async fn on_owning_core(
                     }
                     ReconnectDecision::Reset { full } => {
                         send_frame(&ep, &rd.peer, &SessionReset { full }).await
+                    }
+                    ReconnectDecision::Wait => {
+                        tracing::debug!(peer = %key, "reconnect race: ours wins, WAIT");
+                        let _ = send_frame(&ep, &rd.peer, &Wait {}).await;
+                        ep.abort();
+                        return;
                     }
                 }
             }

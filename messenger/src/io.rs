@@ -203,6 +203,12 @@ impl OutQueue {
         self.keepalive_ack = Some(ts);
     }
 
+    /// Whether messages (new or replayed) or a keepalive wait: what makes the server side of
+    /// a session in standby reconnect (an owed ACK alone does not).
+    pub(crate) fn wants_to_send(&self) -> bool {
+        !self.is_empty() || self.keepalive
+    }
+
     /// Whether a frame is waiting to be written.
     pub(crate) fn has_work(&self) -> bool {
         !self.is_empty()

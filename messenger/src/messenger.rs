@@ -106,6 +106,14 @@ impl Shared {
             .unwrap_or_default();
         (mine, self.nonce) > (peer.addr.to_string(), peer.nonce)
     }
+    /// Whether peers can connect back to us from what we advertise: we are bound, and the
+    /// transport's address travels in `entity_addr_t` (not shared memory's).
+    pub(crate) fn reachable(&self) -> bool {
+        matches!(
+            self.my_addr.get(),
+            Some(Address::Tcp(_) | Address::Rdma(..))
+        )
+    }
     pub(crate) fn cookie(&self) -> u64 {
         random_u64() | 1
     }
@@ -132,6 +140,7 @@ pub(crate) struct SessionCounters {
     pub(crate) sessions_resumed: AtomicU64,
     pub(crate) session_faults: AtomicU64,
     pub(crate) remote_resets: AtomicU64,
+    pub(crate) standby_reconnects: AtomicU64,
 }
 
 /// A snapshot of a messenger's session counters ([`Messenger::counters`]).
@@ -147,6 +156,9 @@ pub struct MessengerCounters {
     pub remote_resets: u64,
     /// Faults injected (`inject_socket_failures`, interceptor).
     pub injected_faults: u64,
+    /// Reconnect attempts of a lossless session in standby because it had something to send
+    /// (its server side, or its client under a `standby` policy).
+    pub standby_reconnects: u64,
 }
 
 /// Builds a [`Messenger`]; see [`Messenger::builder`].
@@ -349,6 +361,7 @@ impl Messenger {
             session_faults: get(&c.session_faults),
             remote_resets: get(&c.remote_resets),
             injected_faults: get(&self.shared.faults.injected),
+            standby_reconnects: get(&c.standby_reconnects),
         }
     }
 
@@ -430,6 +443,7 @@ impl Messenger {
             self.shared.handle.submit_detached(0, move || {
                 if let Some(cs) = core_state(&m) {
                     if let Some(l) = cs.listener.borrow_mut().take() {
+                        cs.accepting.set(true);
                         spawn_local(crate::driver::accept_loop(cs.clone(), l)).detach();
                     }
                 }
@@ -523,11 +537,11 @@ impl Messenger {
         let id = self.shared.id;
         for core in 0..self.shared.handle.cores() {
             if current_core() == Some(core) {
-                session::stop_core(id);
+                session::stop_core(id).await;
             } else {
                 self.shared
                     .handle
-                    .submit_to(core, move || session::stop_core(id))
+                    .spawn_on(core, move || session::stop_core(id))
                     .await?;
             }
         }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use corewire_runtime::{debug_assert_on_core, spawn_local};
-use corewire_transport::{AnyEndpoint, AnyListener, AnyTransport, TransportError};
+use corewire_transport::{Address, AnyEndpoint, AnyListener, AnyTransport, TransportError};
 
 use crate::connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
 use crate::dispatcher::DispatcherChain;
@@ -51,6 +51,8 @@ pub(crate) fn core_state(m: &Arc<Shared>) -> Option<Rc<CoreState>> {
         local_seq: Cell::new(0),
         listener: RefCell::new(None),
         listener_stop: LocalNotify::default(),
+        accepting: Cell::new(false),
+        listener_done: LocalNotify::default(),
         budget: (!m.dispatch_throttle.is_unlimited()).then(|| Budget::new(m.dispatch_throttle)),
     });
     REGISTRY.with(|r| r.borrow_mut().insert(m.id, cs.clone()));
@@ -62,11 +64,15 @@ fn lookup(msgr_id: u64) -> Option<Rc<CoreState>> {
 }
 
 /// Stop this core's part of messenger `msgr_id`: stop listening, mark every connection down.
-pub(crate) fn stop_core(msgr_id: u64) {
+/// Completes once the listening socket is closed, so its address can be bound again at once.
+pub(crate) async fn stop_core(msgr_id: u64) {
     if let Some(cs) = REGISTRY.with(|r| r.borrow_mut().remove(&msgr_id)) {
         cs.listener_stop.notify();
         cs.listener.borrow_mut().take();
         cs.mark_down_all();
+        while cs.accepting.get() {
+            cs.listener_done.wait().await;
+        }
     }
 }
 
@@ -100,6 +106,10 @@ pub(crate) struct CoreState {
     local_seq: Cell<u64>,
     pub(crate) listener: RefCell<Option<AnyListener>>,
     pub(crate) listener_stop: LocalNotify,
+    /// The accept loop runs (it owns the listener).
+    pub(crate) accepting: Cell<bool>,
+    /// Notified when the accept loop has closed its listener.
+    pub(crate) listener_done: LocalNotify,
     /// This core's dispatch throttle.
     budget: Option<Arc<Budget>>,
 }
@@ -147,6 +157,7 @@ impl CoreState {
             role: Cell::new(role),
             ids: Cell::new(SessionIds::default()),
             established: Cell::new(false),
+            connecting: Cell::new(false),
             attach: RefCell::new(None),
             attached: LocalNotify::default(),
             throttle: self.budget.clone(),
@@ -253,6 +264,8 @@ pub(crate) struct Conn {
     pub(crate) ids: Cell<SessionIds>,
     /// A session is established (possibly in standby, without a transport).
     pub(crate) established: Cell<bool>,
+    /// Our own attempt to (re)connect to the peer is in flight.
+    pub(crate) connecting: Cell<bool>,
     /// A transport waiting to be taken over by the connection's task.
     attach: RefCell<Option<Attach>>,
     pub(crate) attached: LocalNotify,
@@ -313,7 +326,40 @@ impl Conn {
             role: self.role.get(),
             established: self.established.get(),
             lossy: self.lossy(),
+            connecting: self.connecting.get(),
             ids: self.ids.get(),
+        }
+    }
+
+    /// An established session under a `standby` policy (lossless peers) with nothing to
+    /// send: its client waits instead of reconnecting at once (until it has something to send
+    /// or the peer comes back), as Ceph's `STATE_STANDBY`, if the peer can reach us
+    /// ([`crate::messenger::Shared::reachable`], checked by the caller).
+    pub(crate) fn in_standby(&self) -> bool {
+        self.established.get() && self.policy.get().standby && !self.out.borrow().wants_to_send()
+    }
+
+    /// Whether a session in standby may reconnect to the peer itself when it has something to
+    /// send: a lossless session with a peer we may connect to (its policy is not `server`)
+    /// whose address we know (as the client, the one we connected to; as the server, the
+    /// client's bound address: an unbound client advertises port 0, and shared memory carries
+    /// no address in `entity_addr_t`).
+    pub(crate) fn may_reconnect(&self) -> bool {
+        let p = self.policy.get();
+        // The client connected to the peer's address before; the server knows the address
+        // the client advertised.
+        let connectable = self.role.get() == Role::Client
+            || match &self.cref.peer().addr {
+                Address::Tcp(a) | Address::Rdma(a, _) => a.port() != 0,
+                Address::Shm(_) => false,
+            };
+        self.established.get() && !p.lossy && !p.server && connectable
+    }
+
+    /// Completes once something waits to be sent (messages, replays or a keepalive).
+    pub(crate) async fn queued(&self) {
+        while !self.out.borrow().wants_to_send() {
+            self.wake.wait().await;
         }
     }
 

@@ -17,3 +17,4 @@ impl suite::Harness for Tcp {
 }
 
 messenger_tests!(Tcp);
+messenger_tests!(addressed Tcp);

@@ -2,16 +2,22 @@
 //! `handle_existing_connection` and `handle_reconnect`), as pure functions of what the
 //! server's owning core knows about an existing connection to the same peer.
 //!
-//! Who reconnects: the side that opened the session (its client) reconnects after a fault;
-//! the server keeps a lossless session in standby, with its queues, until the client comes
-//! back. So `connect_seq` only grows, and only one side of a session ever sends
-//! SESSION_RECONNECT.
+//! Who reconnects: the side that opened the session (its client) reconnects after a fault.
+//! The side that accepted it (its server) keeps a lossless session in standby, with its
+//! queues, and reconnects itself only when it has something to send and may connect to the
+//! peer (the peer's policy is not `server` and the peer's address is known), as Ceph's
+//! ProtocolV2 does: a peer that restarted then answers SESSION_RESET, and the session starts
+//! over with the former server as its client. Either side's SESSION_RECONNECT carries the
+//! session's cookies as they were set when it opened (the client's cookie, the server's
+//! cookie), and each successful reconnect bumps `connect_seq` on both sides.
 //!
 //! Races: when both sides connect at once (lossless peers), each server sees CLIENT_IDENT
 //! while its own outgoing connection to that peer is still opening. The side whose address
 //! (then nonce) is greater keeps its own connection and answers WAIT; the other adopts the
 //! incoming one into its connection (its queue is kept, its own attempt is dropped), so one
-//! session survives, and both sides agree which without talking.
+//! session survives, and both sides agree which without talking. Two SESSION_RECONNECTs of
+//! the same session crossing (same `connect_seq`, both sides reconnecting) are decided the
+//! same way (Ceph's `handle_reconnect` reconnect race).
 
 use crate::wire::{ClientIdent, SessionReconnect};
 
@@ -42,6 +48,8 @@ pub(crate) struct Existing {
     /// A session is established (it may be in standby, without a transport).
     pub(crate) established: bool,
     pub(crate) lossy: bool,
+    /// Our own attempt to (re)connect to the peer is in flight.
+    pub(crate) connecting: bool,
     pub(crate) ids: SessionIds,
 }
 
@@ -107,15 +115,21 @@ pub(crate) enum ReconnectDecision {
     RetryGlobal(u64),
     /// SESSION_RESET(full): we have no such session.
     Reset { full: bool },
+    /// WAIT: our own reconnect to the peer, racing this one, wins.
+    Wait,
 }
 
-/// SESSION_RECONNECT from a peer.
-pub(crate) fn on_reconnect(existing: Option<&Existing>, r: &SessionReconnect) -> ReconnectDecision {
+/// SESSION_RECONNECT from a peer (the session's client, or its server reconnecting to send).
+/// `we_win_race`: our address (then nonce) is greater than the peer's.
+pub(crate) fn on_reconnect(
+    existing: Option<&Existing>,
+    r: &SessionReconnect,
+    we_win_race: bool,
+) -> ReconnectDecision {
     let Some(ex) = existing else {
         return ReconnectDecision::Reset { full: true };
     };
     if ex.lossy
-        || ex.role != Role::Server
         || !ex.established
         || ex.ids.client_cookie != r.client_cookie
         || ex.ids.server_cookie != r.server_cookie
@@ -127,6 +141,10 @@ pub(crate) fn on_reconnect(existing: Option<&Existing>, r: &SessionReconnect) ->
     }
     if r.connect_seq < ex.ids.connect_seq {
         return ReconnectDecision::Retry(ex.ids.connect_seq);
+    }
+    if ex.connecting && r.connect_seq == ex.ids.connect_seq && we_win_race {
+        // Both sides reconnecting at once: ours goes on, the peer waits for it.
+        return ReconnectDecision::Wait;
     }
     ReconnectDecision::Resume
 }
@@ -140,6 +158,7 @@ mod tests {
             role: Role::Server,
             established,
             lossy: false,
+            connecting: false,
             ids: SessionIds {
                 client_cookie: 11,
                 server_cookie: 22,
@@ -164,30 +183,61 @@ mod tests {
     fn reconnect_rules() {
         let ex = server(true);
         assert_eq!(
-            on_reconnect(None, &reconnect(9, 3)),
+            on_reconnect(None, &reconnect(9, 3), false),
             ReconnectDecision::Reset { full: true }
         );
         assert_eq!(
-            on_reconnect(Some(&ex), &reconnect(9, 3)),
+            on_reconnect(Some(&ex), &reconnect(9, 3), false),
             ReconnectDecision::Resume
         );
         assert_eq!(
-            on_reconnect(Some(&ex), &reconnect(4, 3)),
+            on_reconnect(Some(&ex), &reconnect(4, 3), false),
             ReconnectDecision::RetryGlobal(5)
         );
         assert_eq!(
-            on_reconnect(Some(&ex), &reconnect(9, 2)),
+            on_reconnect(Some(&ex), &reconnect(9, 2), false),
             ReconnectDecision::Retry(3)
         );
         let mut other = reconnect(9, 3);
         other.client_cookie = 12;
         assert_eq!(
-            on_reconnect(Some(&ex), &other),
+            on_reconnect(Some(&ex), &other, false),
+            ReconnectDecision::Reset { full: true }
+        );
+        // Either side of the session may reconnect.
+        let client = Existing {
+            role: Role::Client,
+            ..ex
+        };
+        assert_eq!(
+            on_reconnect(Some(&client), &reconnect(9, 3), true),
+            ReconnectDecision::Resume
+        );
+        // Crossing reconnects: the side with the greater address waits for nobody.
+        let racing = Existing {
+            connecting: true,
+            ..client
+        };
+        assert_eq!(
+            on_reconnect(Some(&racing), &reconnect(9, 3), true),
+            ReconnectDecision::Wait
+        );
+        assert_eq!(
+            on_reconnect(Some(&racing), &reconnect(9, 3), false),
+            ReconnectDecision::Resume
+        );
+        // A session that is not established cannot be resumed.
+        let gone = Existing {
+            established: false,
+            ..ex
+        };
+        assert_eq!(
+            on_reconnect(Some(&gone), &reconnect(9, 3), false),
             ReconnectDecision::Reset { full: true }
         );
         let lossy = Existing { lossy: true, ..ex };
         assert_eq!(
-            on_reconnect(Some(&lossy), &reconnect(9, 3)),
+            on_reconnect(Some(&lossy), &reconnect(9, 3), false),
             ReconnectDecision::Reset { full: true }
         );
     }
@@ -206,6 +256,7 @@ mod tests {
             role: Role::Client,
             established: false,
             lossy: false,
+            connecting: true,
             ids: SessionIds::default(),
         };
         // The race is decided the same way on both sides.

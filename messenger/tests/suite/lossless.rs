@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use corewire_messenger::wire::{EntityName, EntityType, Tag};
 use corewire_messenger::{
-    Direction, Intercept, Interceptor, Message, Messenger, MessengerBuilder, PeerAddr, Policy,
-    ThrottleLimits,
+    ConnKind, Direction, Intercept, Interceptor, Message, Messenger, MessengerBuilder, PeerAddr,
+    Policy, ThrottleLimits,
 };
 use corewire_runtime::Runtime;
 use corewire_transport::Address;
@@ -374,4 +374,121 @@ pub fn several_messengers_share_one_runtime<H: Harness>(h: H) {
     let mut all = others;
     all.push(&client);
     stop(rt, &all);
+}
+
+/// The session's *server* streams to its client while both sides break the transport about
+/// every 200 socket operations: all 20,000 messages arrive once, in order. Where the client's
+/// address is known (tcp, rdma), the server does not wait for the client to come back: it
+/// reconnects itself because it has something to send (Ceph's ProtocolV2), so the two sides'
+/// SESSION_RECONNECTs cross and the reconnect race is resolved on every fault.
+pub fn server_side_stream_survives_faults<H: Harness>(h: H) {
+    const COUNT: usize = 20_000;
+    let rt = runtime();
+    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| b.inject_socket_failures(200));
+    // Bound, so the server can connect back to it.
+    let (client, _, crec) = osd(&rt, &h, 1, true, |b| b.inject_socket_failures(200));
+    let peer = PeerAddr::new(addr.unwrap(), server.nonce());
+    client
+        .send_message(Message::new(2).with_tid(0), &peer)
+        .unwrap();
+    srec.wait_for("the client's hello", |s| s.msgs.len() == 1);
+    let to_client = srec.seen.lock().unwrap().msgs[0].0.clone();
+    for i in 0..COUNT {
+        to_client.send(numbered(i, 32)).unwrap();
+    }
+    crec.wait_for("every message from the server", |s| {
+        s.count == COUNT || !s.errors.is_empty()
+    });
+    let (sc, cc) = (server.counters(), client.counters());
+    {
+        let seen = crec.seen.lock().unwrap();
+        assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+        assert_eq!(seen.count, COUNT);
+        // The session itself is never reset. The server's reconnect attempts that an injected
+        // fault breaks mid-handshake are incoming connections the client reports closed (as
+        // Ceph's accepting side does) before they join the session.
+        let session = seen.connects[0].clone();
+        assert!(
+            seen.resets
+                .iter()
+                .all(|(c, _)| c.id() != session.id() && c.kind() == ConnKind::Incoming),
+            "{:?}",
+            seen.resets
+        );
+    }
+    assert!(
+        sc.injected_faults + cc.injected_faults > 0,
+        "no fault injected"
+    );
+    assert_eq!(sc.remote_resets + cc.remote_resets, 0);
+    if h.peers_identified_by_address() {
+        assert!(
+            sc.standby_reconnects > 0,
+            "the server side never reconnected to send: {sc:?}"
+        );
+    }
+    eprintln!("server side: {sc:?}\nclient side: {cc:?}");
+    stop(rt, &[&client, &server]);
+}
+
+/// A lossless-peer session held by its server side (the peer connected to us); the peer
+/// restarts with the same address and nonce and stays quiet. A message we queue for it makes
+/// us reconnect; the restarted peer answers SESSION_RESET, we report `ms_handle_remote_reset`
+/// (dropping the queue, as Ceph), and what we send next reaches the new peer. Also checks that
+/// `shutdown` closed the listening socket: the restarted peer binds the same address at once.
+/// Only for transports whose `entity_addr_t` carries the peer's address (tcp, rdma): over shm
+/// the server side cannot connect back and keeps the session in standby.
+pub fn standby_server_side_reaches_a_restarted_peer<H: Harness>(h: H) {
+    let rt = runtime();
+    let named = |id: i64, nonce: u32| {
+        let m = Messenger::builder(EntityName::new(EntityType::Osd, id))
+            .transport(h.kind())
+            .handle(rt.handle())
+            .nonce(nonce)
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let rec = Recorder::new();
+        m.add_dispatcher_tail(rec.clone()).unwrap();
+        (m, rec)
+    };
+    let (a, arec) = named(0, 0xa);
+    let a_addr = rt.block_on(a.bind(&h.listen_addr())).unwrap();
+    a.start().unwrap();
+    let (b, brec) = named(1, 0xb);
+    let b_addr = rt.block_on(b.bind(&h.listen_addr())).unwrap();
+    b.start().unwrap();
+    let a_peer = PeerAddr::new(a_addr, 0xa);
+    let b_peer = PeerAddr::new(b_addr.clone(), 0xb);
+
+    // B opens the session (B is its client, A its server); A answers on it.
+    b.send_message(Message::new(2).with_tid(1), &a_peer)
+        .unwrap();
+    arec.wait_for("B -> A", |s| s.msgs.len() == 1);
+    a.send_message(Message::new(2).with_tid(2), &b_peer)
+        .unwrap();
+    brec.wait_for("A -> B", |s| s.msgs.len() == 1);
+    assert_eq!(a.counters().sessions_opened, 1, "one session, opened by B");
+
+    // B restarts with the same address and nonce, and stays quiet.
+    rt.block_on(b.shutdown()).unwrap();
+    let (b2, b2rec) = named(1, 0xb);
+    rt.block_on(b2.bind(&b_addr))
+        .expect("shutdown closed the listening socket");
+    b2.start().unwrap();
+
+    // A has something for B: it reconnects, learns that B lost the session, and tells us.
+    a.send_message(Message::new(2).with_tid(3), &b_peer)
+        .unwrap();
+    arec.wait_for("A to see B's restart", |s| s.remote_resets.len() == 1);
+    // Ceph drops the queue on a remote reset; resend, as a user of the messenger must.
+    a.send_message(Message::new(2).with_tid(4), &b_peer)
+        .unwrap();
+    b2rec.wait_for("a message to the restarted B", |s| {
+        s.msgs.iter().any(|(_, m)| m.tid == 4)
+    });
+    let counters = a.counters();
+    assert!(counters.standby_reconnects > 0, "{counters:?}");
+    assert!(arec.seen.lock().unwrap().resets.is_empty());
+    stop(rt, &[&a, &b2]);
 }

@@ -563,7 +563,12 @@ macro_rules! messenger_tests {
             connection_race_leaves_one_session,
             dispatch_throttle_pushes_back,
             several_messengers_share_one_runtime,
+            server_side_stream_survives_faults,
         );
+    };
+    // The tests that need `entity_addr_t` to carry the transport's address (tcp, rdma).
+    (addressed $h:expr) => {
+        messenger_tests!(@ $h; standby_server_side_reaches_a_restarted_peer);
     };
     (@ $h:expr; $($name:ident),* $(,)?) => {
         $(
