@@ -263,6 +263,17 @@ async fn client_handshake(
     peer: &PeerAddr,
 ) -> Result<()> {
     let auth = handshake::client_auth(ep, rd, m, peer).await?;
+    if let Some(want) = conn.expected_type.get() {
+        if want != auth.peer_type {
+            return Err(MessengerError::Handshake {
+                peer: rd.peer.clone(),
+                reason: format!(
+                    "peer type mismatch: connected to a {want:?}, the peer is a {:?}",
+                    auth.peer_type
+                ),
+            });
+        }
+    }
     conn.set_policy(auth.policy);
     loop {
         let ids = conn.ids.get();

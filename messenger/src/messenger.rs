@@ -465,11 +465,28 @@ impl Messenger {
     /// The connection to `peer` on its owning core, opened if needed (the handshake runs in
     /// the background; messages sent meanwhile wait in the out-queue).
     pub async fn connect(&self, peer: impl Into<PeerAddr>) -> Result<ConnectionRef> {
+        self.open(peer.into(), None).await
+    }
+
+    /// [`Messenger::connect`] to a peer of a known type (Ceph's `connect_to(type, addrs)`): a
+    /// new connection applies the policy for `peer_type` from its first attempt instead of the
+    /// default policy until the peer's HELLO (so a lossless peer that is not up yet is retried
+    /// with back-off rather than reset), and a peer whose HELLO names another type is refused
+    /// (`Handshake` error, "peer type mismatch").
+    pub async fn connect_to(
+        &self,
+        peer_type: EntityType,
+        peer: impl Into<PeerAddr>,
+    ) -> Result<ConnectionRef> {
+        self.open(peer.into(), Some(peer_type)).await
+    }
+
+    async fn open(&self, peer: PeerAddr, peer_type: Option<EntityType>) -> Result<ConnectionRef> {
         self.check_running("connect")?;
-        let peer = self.shared.normalize(peer.into());
+        let peer = self.shared.normalize(peer);
         let core = self.shard_of(&peer);
         let m = self.shared.clone();
-        let open = move || core_state(&m).map(|cs| cs.connect(peer));
+        let open = move || core_state(&m).map(|cs| cs.connect(peer, peer_type));
         let r = if current_core() == Some(core) {
             open()
         } else {
@@ -488,13 +505,28 @@ impl Messenger {
     /// ([`ConnectionRef::core`]), as crimson requires; Ceph's AsyncMessenger orders by call
     /// under a lock instead.
     pub fn send_message(&self, msg: Message, peer: &PeerAddr) -> Result<()> {
+        self.send(msg, peer, None)
+    }
+
+    /// [`Messenger::send_message`] to a peer of a known type (Ceph's `send_to(msg, type,
+    /// addrs)`); a new connection behaves as with [`Messenger::connect_to`].
+    pub fn send_message_to(
+        &self,
+        msg: Message,
+        peer_type: EntityType,
+        peer: &PeerAddr,
+    ) -> Result<()> {
+        self.send(msg, peer, Some(peer_type))
+    }
+
+    fn send(&self, msg: Message, peer: &PeerAddr, peer_type: Option<EntityType>) -> Result<()> {
         self.check_running("send_message")?;
         let peer = self.shared.normalize(peer.clone());
         let core = self.shard_of(&peer);
         let m = self.shared.clone();
         let send = move || {
             if let Some(cs) = core_state(&m) {
-                let c = cs.connect(peer);
+                let c = cs.connect(peer, peer_type);
                 session::deliver(m.id, &c, msg);
             }
         };

@@ -23,7 +23,7 @@ use crate::policy::Policy;
 use crate::protocol::handshake::Accepted;
 use crate::protocol::reconnect::{Existing, Role, SessionIds};
 use crate::throttle::Budget;
-use crate::wire::UTime;
+use crate::wire::{EntityType, UTime};
 
 thread_local! {
     /// Messenger id -> this core's state for it.
@@ -158,6 +158,7 @@ impl CoreState {
             ids: Cell::new(SessionIds::default()),
             established: Cell::new(false),
             connecting: Cell::new(false),
+            expected_type: Cell::new(None),
             attach: RefCell::new(None),
             attached: LocalNotify::default(),
             throttle: self.budget.clone(),
@@ -201,8 +202,15 @@ impl CoreState {
         }
     }
 
-    /// The connection to `peer` (owned by this core), opening one if there is none.
-    pub(crate) fn connect(self: &Rc<Self>, peer: PeerAddr) -> ConnectionRef {
+    /// The connection to `peer` (owned by this core), opening one if there is none. With
+    /// `peer_type`, a new connection applies that type's policy from its first attempt (so a
+    /// lossless peer that is not up yet is retried, not reset) and the peer must say it is of
+    /// that type in its HELLO (Ceph's `connect_to(type, addrs)`).
+    pub(crate) fn connect(
+        self: &Rc<Self>,
+        peer: PeerAddr,
+        peer_type: Option<EntityType>,
+    ) -> ConnectionRef {
         debug_assert_on_core(self.core);
         if self.msgr.is_me(&peer) {
             return self
@@ -214,9 +222,12 @@ impl CoreState {
         if let Some(c) = self.conn_for(&peer) {
             return c.cref.clone();
         }
-        self.new_conn(peer, ConnKind::Outgoing, Role::Client)
-            .cref
-            .clone()
+        let c = self.new_conn(peer, ConnKind::Outgoing, Role::Client);
+        if let Some(ty) = peer_type {
+            c.expected_type.set(Some(ty));
+            c.set_policy(self.msgr.policies.get(ty));
+        }
+        c.cref.clone()
     }
 
     fn deliver_local(&self, conn: &ConnectionRef, mut msg: Message) {
@@ -266,6 +277,8 @@ pub(crate) struct Conn {
     pub(crate) established: Cell<bool>,
     /// Our own attempt to (re)connect to the peer is in flight.
     pub(crate) connecting: Cell<bool>,
+    /// The peer type the caller connected to (`connect_to`): its HELLO must match.
+    pub(crate) expected_type: Cell<Option<EntityType>>,
     /// A transport waiting to be taken over by the connection's task.
     attach: RefCell<Option<Attach>>,
     pub(crate) attached: LocalNotify,

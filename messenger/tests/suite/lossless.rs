@@ -492,3 +492,54 @@ pub fn standby_server_side_reaches_a_restarted_peer<H: Harness>(h: H) {
     assert!(arec.seen.lock().unwrap().resets.is_empty());
     stop(rt, &[&a, &b2]);
 }
+
+/// `send_message_to(msg, Osd, peer)` from an OSD (whose default policy is the lossy
+/// stateless server) to a peer that is not up yet: the lossless-peer policy applies from the
+/// first attempt, so the connection retries with back-off instead of being reset, and the
+/// messages arrive once the peer is up. `connect_to` a peer of another type is refused with
+/// a "peer type mismatch" handshake error.
+pub fn connect_to_applies_the_peer_type_policy<H: Harness>(h: H) {
+    let rt = runtime();
+    // An address nobody listens on: bind a messenger there and shut it down.
+    let (gone, addr, _) = osd(&rt, &h, 0, true, |b| b);
+    let addr = addr.unwrap();
+    rt.block_on(gone.shutdown()).unwrap();
+    let (client, _, crec) = osd(&rt, &h, 1, false, |b| b);
+    let peer = PeerAddr::new(addr.clone(), 0);
+    for i in 0..10 {
+        client
+            .send_message_to(numbered(i, 16), EntityType::Osd, &peer)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let m = Messenger::builder(EntityName::new(EntityType::Osd, 0))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+    let srec = Recorder::new();
+    m.add_dispatcher_tail(srec.clone()).unwrap();
+    rt.block_on(m.bind(&addr)).unwrap();
+    m.start().unwrap();
+    srec.wait_for("the messages sent before the peer was up", |s| {
+        s.count == 10 || !s.errors.is_empty()
+    });
+    assert!(srec.seen.lock().unwrap().errors.is_empty());
+    {
+        let seen = crec.seen.lock().unwrap();
+        assert!(seen.resets.is_empty(), "{:?}", seen.resets);
+        assert_eq!(seen.connects.len(), 1);
+    }
+
+    // The same peer, connected to as a monitor: refused.
+    let (other, _, orec) = osd(&rt, &h, 2, false, |b| b);
+    let c = rt
+        .block_on(other.connect_to(EntityType::Mon, peer))
+        .unwrap();
+    c.send(Message::new(2)).unwrap();
+    orec.wait_for("the type mismatch", |s| !s.resets.is_empty());
+    let why = orec.seen.lock().unwrap().resets[0].1.clone();
+    assert!(why.contains("peer type mismatch"), "{why}");
+    assert!(c.is_closed());
+    stop(rt, &[&client, &other, &m]);
+}

@@ -564,6 +564,7 @@ macro_rules! messenger_tests {
             dispatch_throttle_pushes_back,
             several_messengers_share_one_runtime,
             server_side_stream_survives_faults,
+            connect_to_applies_the_peer_type_policy,
         );
     };
     // The tests that need `entity_addr_t` to carry the transport's address (tcp, rdma).
