@@ -4,7 +4,10 @@
 pub mod iperf3;
 pub mod msgr_bench;
 pub mod plot;
+#[cfg(feature = "rdma")]
+pub mod rdma_bench;
 pub mod report;
 pub mod runtime_bench;
 pub mod sweep;
+pub mod thread_cpu;
 pub mod transport_bench;

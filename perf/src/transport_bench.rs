@@ -100,6 +100,7 @@ pub struct Recorder {
     seen: u64,
     ops: u64,
     t0: Instant,
+    window: Option<Box<dyn FnMut(bool)>>,
 }
 
 impl Recorder {
@@ -118,7 +119,14 @@ impl Recorder {
             seen: 0,
             ops: 0,
             t0: Instant::now(),
+            window: None,
         }
+    }
+
+    /// Calls `f(true)` when the measured window starts (warm-up over) and `f(false)` when it
+    /// ends, on the measuring thread (e.g. to sample CPU time over exactly that window).
+    pub fn on_window(&mut self, f: impl FnMut(bool) + 'static) {
+        self.window = Some(Box::new(f));
     }
 
     /// A request was sent.
@@ -138,12 +146,21 @@ impl Recorder {
         self.seen += 1;
         if self.seen <= self.warmup {
             self.t0 = now;
+            if self.seen == self.warmup {
+                if let Some(f) = &mut self.window {
+                    f(true);
+                    self.t0 = Instant::now();
+                }
+            }
             return None;
         }
         let _ = self.hist.record((now - at).as_nanos().max(1) as u64);
         self.ops += 1;
         if self.ops % 16 == 0 && now - self.t0 >= self.duration {
             let per_op = (self.wl.request_size() + self.wl.reply_size()) as u64;
+            if let Some(f) = &mut self.window {
+                f(false);
+            }
             return Some(Measured {
                 ops: self.ops,
                 bytes: self.ops * per_op,
@@ -156,9 +173,15 @@ impl Recorder {
 }
 
 /// The client side of a workload over any framed endpoint.
-async fn drive<E: Endpoint>(f: &Framed<E>, wl: Workload, duration: Duration) -> Measured {
+async fn drive<E: Endpoint>(
+    f: &Framed<E>,
+    wl: Workload,
+    duration: Duration,
+    window: impl FnMut(bool) + 'static,
+) -> Measured {
     let req = Bytes::from(vec![0x5au8; wl.request_size()]);
     let mut rec = Recorder::new(wl, duration);
+    rec.on_window(window);
     for _ in 0..wl.window() {
         f.send_msg(vec![req.clone()]).await.expect("send");
         rec.sent();
@@ -201,6 +224,23 @@ where
     T: Transport,
     M: Fn() -> T + Send + Clone + 'static,
 {
+    corewire_windowed(make, listen, wl, duration, |_| {})
+}
+
+/// [`corewire`], calling `window(true)` on the client core when the measured window starts
+/// and `window(false)` when it ends (see [`Recorder::on_window`]).
+pub fn corewire_windowed<T, M, W>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+    window: W,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+    W: FnMut(bool) + Send + 'static,
+{
     let (a, b) = bench_cpus();
     let cpus = if a == b { vec![a] } else { vec![a, b] };
     let rt = Runtime::builder()
@@ -231,7 +271,7 @@ where
             let t = make();
             let ep = t.connect(&addr).await.expect("connect");
             let f = Framed::new(ep, MAX_FRAME);
-            drive(&f, wl, duration).await
+            drive(&f, wl, duration, window).await
         }))
         .map_err(io::Error::other)?;
     rt.shutdown().map_err(io::Error::other)?;

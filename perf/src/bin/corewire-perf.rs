@@ -7,6 +7,9 @@
 //!   Ceph's `ceph_perf_msgr_server` / `ceph_perf_msgr_client`.
 //! - `runtime`: the runtime benchmarks (cross-core round trip, TCP ping-pong) beside their
 //!   baselines.
+//! - `rdma-bench`: the transport workloads over the rdma stack, sharded and/or central
+//!   dispatch, with CPU % per thread (needs the `rdma` feature and an RDMA device; see
+//!   `scripts/rdma-bench`).
 //! - `sweep`: what `bench` runs, over a grid of request sizes × requests in flight × cores; writes
 //!   `sweep.csv` and SVG plots. `plot` redraws the plots from a `sweep.csv`.
 
@@ -53,6 +56,13 @@ impl TransportArg {
             TransportArg::Shm => "shm",
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DispatchArg {
+    Sharded,
+    Central,
+    Both,
 }
 
 /// A comma-separated list of positive integers (`64,4k,1MiB`).
@@ -178,6 +188,27 @@ enum Cmd {
         #[arg(long)]
         phase_markers: bool,
     },
+    /// The RDMA transport benchmark: 64 B ping-pong, 4 KiB × 16 in flight, 4 MiB × 4 in flight
+    /// over the rdma stack per dispatch mode, CPU % per thread and the sharded/central ratio.
+    /// Needs `--features rdma` and an RDMA device (run inside scripts/rxe-vm).
+    RdmaBench {
+        #[arg(long, value_enum, default_value = "both")]
+        dispatch: DispatchArg,
+        /// Seconds measured per workload and mode.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// The address of the device's netdev (the TCP side channel runs over it).
+        #[arg(long, default_value = "10.99.0.1")]
+        ip: String,
+        #[arg(long, default_value = "rxe0")]
+        dev: String,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON object to this file (tables still printed).
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
     /// The runtime benchmarks (cross-core round trip, TCP ping-pong) beside their baselines.
     Runtime {
         /// Seconds per measured run.
@@ -209,6 +240,14 @@ fn main() -> std::io::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
+        Cmd::RdmaBench {
+            dispatch,
+            secs,
+            ip,
+            dev,
+            json,
+            json_out,
+        } => rdma_bench(dispatch, secs, ip, dev, json, json_out)?,
         Cmd::Runtime {
             secs,
             msg_size,
@@ -512,4 +551,57 @@ fn runtime(secs: f64, msg_size: usize, json: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "rdma")]
+fn rdma_bench(
+    dispatch: DispatchArg,
+    secs: f64,
+    ip: String,
+    dev: String,
+    json: bool,
+    json_out: Option<PathBuf>,
+) -> std::io::Result<()> {
+    use corewire_perf::rdma_bench::{self, RdmaBenchConfig};
+    use corewire_transport::rdma::Dispatch;
+    let modes = match dispatch {
+        DispatchArg::Sharded => vec![Dispatch::Sharded],
+        DispatchArg::Central => vec![Dispatch::Central],
+        DispatchArg::Both => vec![Dispatch::Sharded, Dispatch::Central],
+    };
+    let cfg = RdmaBenchConfig {
+        modes,
+        duration: Duration::from_secs_f64(secs),
+        ip,
+        dev,
+    };
+    let runs = rdma_bench::run(&cfg)?;
+    if let Some(p) = json_out {
+        std::fs::write(&p, format!("{}\n", rdma_bench::json(&runs)))?;
+    }
+    if json {
+        println!("{}", rdma_bench::json(&runs));
+    } else {
+        println!(
+            "corewire-perf rdma-bench: cpus {:?} (client core 0, server core 1), {secs} s per run",
+            bench_cpus()
+        );
+        print!("{}", rdma_bench::render(&runs));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "rdma"))]
+fn rdma_bench(
+    _: DispatchArg,
+    _: f64,
+    _: String,
+    _: String,
+    _: bool,
+    _: Option<PathBuf>,
+) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "corewire-perf was built without RDMA: build it with \
+         `cargo build --release -p corewire-perf --features rdma`",
+    ))
 }

@@ -691,6 +691,19 @@ impl Endpoint for RdmaEndpoint {
     }
 }
 
+impl RdmaEndpoint {
+    /// Test hook, not API: moves the queue pair to ERR behind the connection's back, as a
+    /// fatal adapter or link error would. The connection finds out as in that case: from its
+    /// flushed work requests (and the peer from its unacknowledged sends).
+    #[doc(hidden)]
+    pub fn inject_qp_error(&self) -> Result<()> {
+        match self.conn.qp.borrow().as_ref() {
+            Some(qp) => qp.to_error(),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for RdmaEndpoint {
     fn drop(&mut self) {
         self.conn.close(&self.core);

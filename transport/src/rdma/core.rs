@@ -1,17 +1,24 @@
 //! Per-core RDMA state: one device context, PD, completion queue (with its completion
 //! channel) and send-buffer pool per core and device selection, shared by every queue pair of
 //! that core; and the core's [`Poller`] that busy-polls the CQ and posts queued sends.
+//!
+//! With `dispatch = central` ([`Dispatch`]) the dispatcher thread polls the CQ instead and the
+//! poller drains what it handed over (through the same `CompletionQueue::poll`), parking on
+//! the hand-over eventfd instead of the completion channel.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use corewire_runtime::{register_poller, Poller, PollerRegistration};
 
 use crate::addr::RdmaOptions;
 use crate::error::{Result, TransportError};
+use crate::rdma::central::{self, Inbox};
 use crate::rdma::conn::Conn;
+use crate::rdma::dispatch::{dispatch, Dispatch};
 use crate::rdma::verbs::{
     Access, CompletionQueue, Context, MemoryRegion, ProtectionDomain, WorkCompletion,
 };
@@ -65,6 +72,8 @@ pub(crate) struct CoreRdma {
     /// Connections that could not post for want of pool chunks.
     starved: RefCell<Vec<Rc<Conn>>>,
     wcs: RefCell<Vec<WorkCompletion>>,
+    /// `dispatch = central`: the hand-over queue the dispatcher thread fills.
+    inbox: Option<Arc<Inbox>>,
     reg: RefCell<Option<PollerRegistration>>,
 }
 
@@ -85,6 +94,10 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
     let ctx = Context::open(opts)?;
     let pd = ProtectionDomain::new(&ctx)?;
     let cq = CompletionQueue::new(&ctx, CQ_ENTRIES.min(ctx.caps().max_cqe))?;
+    let inbox = match dispatch()? {
+        Dispatch::Sharded => None,
+        Dispatch::Central => Some(central::attach(&cq)?),
+    };
     let mr = MemoryRegion::new(&pd, POOL_CHUNKS * CHUNK, Access::LOCAL_WRITE)?;
     let core = Rc::new(CoreRdma {
         pd,
@@ -98,6 +111,7 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
         dirty: RefCell::new(Vec::new()),
         starved: RefCell::new(Vec::new()),
         wcs: RefCell::new(vec![WorkCompletion::default(); POLL_BATCH]),
+        inbox,
         reg: RefCell::new(None),
     });
     let reg = register_poller(core.clone())?;
@@ -203,6 +217,18 @@ impl Poller for CoreRdma {
     }
 
     fn try_enter_interrupt_mode(&self) -> bool {
+        if let Some(inbox) = &self.inbox {
+            if !self.dirty.borrow().is_empty() || self.poll_cq() > 0 {
+                return false;
+            }
+            inbox.park();
+            // Completions handed over before the flag was visible raise no wake-up.
+            if self.poll_cq() > 0 || !self.dirty.borrow().is_empty() {
+                inbox.unpark(false);
+                return false;
+            }
+            return true;
+        }
         // Clear stale events (a notification armed before a veto may have fired since).
         while let Ok(true) = self.cq.get_event_and_ack() {}
         if !self.dirty.borrow().is_empty() || self.poll_cq() > 0 {
@@ -217,11 +243,18 @@ impl Poller for CoreRdma {
     }
 
     fn exit_interrupt_mode(&self) {
+        if let Some(inbox) = &self.inbox {
+            inbox.unpark(true);
+            return;
+        }
         while let Ok(true) = self.cq.get_event_and_ack() {}
     }
 
     fn interrupt_fd(&self) -> Option<RawFd> {
-        Some(self.cq.channel_fd())
+        Some(match &self.inbox {
+            Some(inbox) => inbox.fd(),
+            None => self.cq.channel_fd(),
+        })
     }
 
     fn name(&self) -> &str {

@@ -26,14 +26,21 @@
 //!   signaling; receives land in registered buffers and `recv` copies them out into a `Bytes`
 //!   (phase 1 copies on both sides; zero-copy WRITE WITH IMM for large payloads is phase 2).
 //!   Credit-based flow control, see [`conn`].
+//! - **Dispatch** ([`Dispatch`], default `sharded`): the above. `central`, for comparison
+//!   only, moves CQ polling to one dispatcher thread for the whole process, as Ceph's
+//!   `RDMADispatcher` ([`central`]); chosen with [`set_dispatch`] or `CW_RDMA_DISPATCH`.
 //! - **Hand-off** between cores is not supported: `into_transfer` always refuses with
 //!   `WrongState` (the QP is bound to its core's CQ and PD; moving it means reconnecting).
 
+mod central;
 mod conn;
 mod core;
+mod dispatch;
 mod setup;
 mod stack;
 pub mod verbs;
 
+pub use central::DISPATCHER_THREAD;
 pub use conn::{RdmaEndpoint, RdmaTransfer};
+pub use dispatch::{dispatch, set_dispatch, Dispatch};
 pub use stack::{RdmaListener, RdmaTransport};

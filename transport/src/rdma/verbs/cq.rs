@@ -16,6 +16,7 @@ use rdma_sys::{
     imm_data_invalidated_rkey_union_t,
 };
 
+use super::cq_shared::CompletionSource;
 use super::{rc_err, verbs_err, Context};
 use crate::error::Result;
 
@@ -200,6 +201,9 @@ pub struct CompletionQueue {
     /// Completions of other queue pairs polled while a queue pair drained itself on drop;
     /// returned first by `poll`.
     backlog: RefCell<VecDeque<WorkCompletion>>,
+    /// Set when another thread polls this CQ (`dispatch = central`): completions come from
+    /// here instead of `ibv_poll_cq`. Dropped first in `drop`, before the CQ is destroyed.
+    source: RefCell<Option<Box<dyn CompletionSource>>>,
     ctx: Rc<Context>,
 }
 
@@ -259,6 +263,7 @@ impl CompletionQueue {
             capacity,
             unacked: Cell::new(0),
             backlog: RefCell::new(VecDeque::new()),
+            source: RefCell::new(None),
             ctx: Rc::clone(ctx),
         }))
     }
@@ -294,8 +299,19 @@ impl CompletionQueue {
         Ok(n)
     }
 
-    /// `ibv_poll_cq` into `out`, bypassing the backlog.
+    /// From now on, completions come from `source` (another thread polls this CQ: see
+    /// [`shared`](Self::shared)) instead of `ibv_poll_cq`; the source lives as long as the CQ.
+    /// Arming and events ([`req_notify`](Self::req_notify), the channel fd) then belong to the
+    /// polling thread too.
+    pub(crate) fn set_source(&self, source: Box<dyn CompletionSource>) {
+        *self.source.borrow_mut() = Some(source);
+    }
+
+    /// `ibv_poll_cq` into `out` (or the installed source), bypassing the backlog.
     pub(crate) fn poll_raw(&self, out: &mut [WorkCompletion]) -> Result<usize> {
+        if let Some(src) = self.source.borrow().as_ref() {
+            return Ok(src.take(out));
+        }
         let max = i32::try_from(out.len()).unwrap_or(i32::MAX);
         // SAFETY: `cq` is live; `out` is `max` writable `ibv_wc`s (`WorkCompletion` is
         // `repr(transparent)` over `ibv_wc`). The provider writes at most `max` entries.
@@ -390,10 +406,16 @@ impl CompletionQueue {
     pub(crate) fn as_ptr(&self) -> *mut ibv_cq {
         self.cq
     }
+
+    pub(crate) fn channel_ptr(&self) -> *mut ibv_comp_channel {
+        self.channel
+    }
 }
 
 impl Drop for CompletionQueue {
     fn drop(&mut self) {
+        // First: a source ends another thread's use of the CQ (see `set_source`).
+        drop(self.source.get_mut().take());
         let n = self.unacked.get();
         if n > 0 {
             // SAFETY: `cq` is live and `n` received events are unacknowledged;

@@ -14,6 +14,8 @@
 //! A [`QueuePair`] is destroyed before its CQs, SRQ and PD; a [`MemoryRegion`] before its PD;
 //! everything before the [`Context`]. All objects are `!Send` and `!Sync` (raw pointers and
 //! `Rc`): they live on the core that created them, as the rest of the thread-per-core runtime.
+//! The one exception is opt-in: a CQ can hand a thread-safe handle to another thread that polls
+//! it on the owner's behalf (`cq_shared`, for the `dispatch = central` comparison mode).
 //!
 //! Posting work requests is `unsafe` ([`QueuePair::post_send`], [`QueuePair::post_recv`],
 //! [`SharedReceiveQueue::post_recv`]): the adapter reads or writes the memory a request names
@@ -26,6 +28,7 @@
 //! error says so; `scripts/rxe-vm` runs a command in a guest with a Soft-RoCE device `rxe0`.
 
 mod cq;
+mod cq_shared;
 mod device;
 mod mr;
 mod pd;
@@ -35,6 +38,7 @@ mod srq;
 use std::io;
 
 pub use cq::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
+pub(crate) use cq_shared::{CompletionSource, SharedCq};
 pub use device::{
     device_names, Context, DeviceCaps, Gid, GidEntry, GidType, LinkLayer, Mtu, PortInfo, PortState,
 };

@@ -1,0 +1,190 @@
+//! The RDMA transport benchmark (cargo feature `rdma`): the transport workloads of
+//! [`transport_bench`](crate::transport_bench) (64 B ping-pong, 4 KiB × 16 in flight,
+//! 4 MiB × 4 in flight; client on core 0, server on core 1, one process) over the rdma stack
+//! in each dispatch mode, with the CPU time of every thread over exactly the measured window
+//! (the `rdma-dispatch` thread and the core threads). Needs an RDMA device: run it inside
+//! `scripts/rxe-vm`, or use `scripts/rdma-bench`, which adds perftest in the same guest.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corewire_transport::rdma::{set_dispatch, Dispatch, RdmaTransport};
+use corewire_transport::EndpointConfig;
+
+use crate::thread_cpu::{snapshot, window, Snapshot, ThreadUse};
+use crate::transport_bench::{corewire_windowed, Measured, Workload};
+
+/// The workloads, in report order.
+pub const WORKLOADS: [Workload; 3] = [
+    Workload::PingPong { size: 64 },
+    Workload::Stream {
+        size: 4096,
+        inflight: 16,
+    },
+    Workload::Stream {
+        size: 4 << 20,
+        inflight: 4,
+    },
+];
+
+#[derive(Debug, Clone)]
+pub struct RdmaBenchConfig {
+    pub modes: Vec<Dispatch>,
+    pub duration: Duration,
+    /// The address of the RDMA device's netdev (the side channel runs over it).
+    pub ip: String,
+    pub dev: String,
+}
+
+/// One workload in one mode.
+pub struct RdmaRun {
+    pub mode: Dispatch,
+    pub wl: Workload,
+    pub m: Measured,
+    /// Every thread's CPU over the measured window (wall time `m.elapsed`, near enough).
+    pub threads: Vec<ThreadUse>,
+}
+
+impl RdmaRun {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.m.ops as f64 / self.m.elapsed.as_secs_f64().max(1e-9)
+    }
+    /// CPU time of the whole process per operation (a round trip, or a message and its ack).
+    pub fn cpu_us_per_op(&self) -> f64 {
+        let cpu: f64 = self.threads.iter().map(|t| t.cpu.as_secs_f64()).sum();
+        cpu * 1e6 / self.m.ops.max(1) as f64
+    }
+    /// Threads that used at least 1 % of a CPU, busiest first.
+    pub fn busy_threads(&self) -> Vec<&ThreadUse> {
+        let mut v: Vec<&ThreadUse> = self.threads.iter().filter(|t| t.pct >= 1.0).collect();
+        v.sort_by(|a, b| b.pct.total_cmp(&a.pct));
+        v
+    }
+}
+
+/// Runs every workload in every mode. The mode is set before each run's runtime starts (the
+/// cores read it when they open the device).
+pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
+    let listen: corewire_transport::Address = format!("rdma://{}:0?dev={}", cfg.ip, cfg.dev)
+        .parse()
+        .map_err(|e| io::Error::other(format!("rdma address: {e}")))?;
+    let mut out = Vec::new();
+    for &mode in &cfg.modes {
+        set_dispatch(mode);
+        for wl in WORKLOADS {
+            let marks: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
+            let m2 = marks.clone();
+            let m = corewire_windowed(
+                || {
+                    RdmaTransport::new(EndpointConfig {
+                        connect_timeout: Duration::from_secs(120),
+                        ..EndpointConfig::default()
+                    })
+                },
+                listen.clone(),
+                wl,
+                cfg.duration,
+                move |_start| m2.lock().expect("marks").push(snapshot()),
+            )?;
+            let marks = marks.lock().expect("marks");
+            let threads = match marks.as_slice() {
+                [a, b] => window(a, b).1,
+                _ => return Err(io::Error::other("cpu window not sampled")),
+            };
+            out.push(RdmaRun {
+                mode,
+                wl,
+                m,
+                threads,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// The report: one table per mode, per-thread CPU, then the sharded/central ratios.
+pub fn render(runs: &[RdmaRun]) -> String {
+    let mut s = String::new();
+    let mut modes: Vec<Dispatch> = runs.iter().map(|r| r.mode).collect();
+    modes.dedup();
+    for mode in &modes {
+        s += &format!("\n## corewire rdma, dispatch = {mode}\n");
+        s += &format!(
+            "{:<30} {:>11} {:>9} {:>9} {:>8} {:>10}  {}\n",
+            "", "ops/s", "p50 µs", "p99 µs", "GB/s", "CPU µs/op", "CPU % per thread"
+        );
+        for r in runs.iter().filter(|r| r.mode == *mode) {
+            let threads: Vec<String> = r
+                .busy_threads()
+                .iter()
+                .map(|t| format!("{} {:.0}%", t.name, t.pct))
+                .collect();
+            s += &format!(
+                "{:<30} {:>11.0} {:>9.2} {:>9.2} {:>8.3} {:>10.2}  {}\n",
+                r.wl.label(),
+                r.ops_per_sec(),
+                us(r.m.hist.value_at_quantile(0.5)),
+                us(r.m.hist.value_at_quantile(0.99)),
+                r.m.gbps(),
+                r.cpu_us_per_op(),
+                threads.join(", ")
+            );
+        }
+    }
+    let pairs = ratios(runs);
+    if !pairs.is_empty() {
+        s += "\n## sharded / central (throughput, same run)\n";
+        for (wl, ratio) in pairs {
+            s += &format!("{:<30} {:>6.2}x\n", wl.label(), ratio);
+        }
+    }
+    s += "(ops: round trips for ping-pong, messages for streams; CPU: every thread of the \
+          process over the measured window; 100% = one CPU)\n";
+    s
+}
+
+/// Sharded ops/s divided by central ops/s, per workload measured in both modes.
+pub fn ratios(runs: &[RdmaRun]) -> Vec<(Workload, f64)> {
+    let find = |mode, i: usize| {
+        runs.iter()
+            .find(|r| r.mode == mode && r.wl.label() == WORKLOADS[i].label())
+    };
+    (0..WORKLOADS.len())
+        .filter_map(|i| {
+            let (a, b) = (find(Dispatch::Sharded, i)?, find(Dispatch::Central, i)?);
+            Some((WORKLOADS[i], a.ops_per_sec() / b.ops_per_sec()))
+        })
+        .collect()
+}
+
+pub fn json(runs: &[RdmaRun]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "dispatch": r.mode.as_str(),
+                "workload": r.wl.label(),
+                "ops": r.m.ops,
+                "elapsed_s": r.m.elapsed.as_secs_f64(),
+                "ops_per_sec": r.ops_per_sec(),
+                "p50_ns": r.m.hist.value_at_quantile(0.5),
+                "p99_ns": r.m.hist.value_at_quantile(0.99),
+                "gb_per_sec": r.m.gbps(),
+                "cpu_us_per_op": r.cpu_us_per_op(),
+                "threads": r.busy_threads().iter().map(|t| serde_json::json!({
+                    "name": t.name, "tid": t.tid, "cpu_pct": t.pct,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let ratios: Vec<serde_json::Value> = ratios(runs)
+        .into_iter()
+        .map(|(wl, x)| serde_json::json!({"workload": wl.label(), "sharded_over_central": x}))
+        .collect();
+    serde_json::json!({ "runs": rows, "ratios": ratios })
+}
