@@ -26,14 +26,18 @@
 //!   signaling; receives land in registered buffers and `recv` copies them out into a `Bytes`
 //!   (phase 1 copies on both sides; zero-copy WRITE WITH IMM for large payloads is phase 2).
 //!   Credit-based flow control, see [`conn`].
-//! - **Hand-off** between cores is not supported: `into_transfer` always refuses with
-//!   `WrongState` (the QP is bound to its core's CQ and PD; moving it means reconnecting).
+//! - **Hand-off** between cores re-creates the QP on the target core and reconnects both
+//!   ends over the side channel (MOVE / MOVED / READY), with a loss check that turns any
+//!   message sent on the old QP and not received into a `Reset` on both sides; see
+//!   [`handoff`].
 
 mod conn;
 mod core;
+mod handoff;
 mod setup;
 mod stack;
 pub mod verbs;
 
-pub use conn::{RdmaEndpoint, RdmaTransfer};
+pub use conn::RdmaEndpoint;
+pub use handoff::RdmaTransfer;
 pub use stack::{RdmaListener, RdmaTransport};
