@@ -34,26 +34,24 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corewire_runtime::net::TcpStream;
-use corewire_runtime::{debug_assert_on_core, timer};
+use corewire_runtime::timer;
 
 use crate::addr::Address;
 use crate::error::{Result, TransportError};
 use crate::rdma::core::{CoreRdma, CHUNK};
-use crate::rdma::handoff::RdmaTransfer;
 use crate::rdma::handoff::SideCtl;
 use crate::rdma::verbs::{
     MemoryRegion, QueuePair, RecvWr, SendOp, SendWr, Sge, WcStatus, WorkCompletion,
 };
 use crate::sendq::SendQueue;
-use crate::stack::{Endpoint, EndpointConfig};
+use crate::stack::EndpointConfig;
 
 /// Receive buffers (and initial credits) per connection.
 pub(crate) const RECV_BUFS: u32 = 16;
@@ -66,7 +64,7 @@ pub(crate) const QP_CQ_BUDGET: u32 = SQ_DEPTH + RECV_BUFS + 2;
 /// Signal at least every this many send requests.
 const SIGNAL_EVERY: u64 = 16;
 /// Most bytes one `recv` copies out (several received messages merge into one chunk).
-const RECV_MERGE: usize = 256 << 10;
+pub(super) const RECV_MERGE: usize = 256 << 10;
 /// `wr_id` bit of receives (sends use a sequence number below it).
 pub(super) const RECV_BIT: u64 = 1 << 62;
 /// Immediate data: end of stream.
@@ -128,7 +126,7 @@ pub(crate) struct Conn {
     /// stream) rather than credits only.
     pub(super) inflight: RefCell<VecDeque<(u64, Option<u32>, bool)>>,
     pub(super) eos_wanted: Cell<bool>,
-    eos_posted: Cell<bool>,
+    pub(super) eos_posted: Cell<bool>,
     /// Received messages not yet returned by `recv`: buffer index and length.
     pub(super) ready: RefCell<VecDeque<(u32, u32)>>,
     /// Bytes received before a move to this core, returned by `recv` before anything else.
@@ -144,8 +142,8 @@ pub(crate) struct Conn {
     pub(super) data_sent: Cell<u64>,
     pub(super) data_recvd: Cell<u64>,
     pub(super) dead: RefCell<Option<Dead>>,
-    rx_waker: RefCell<Option<Waker>>,
-    sent_wakers: RefCell<Vec<Waker>>,
+    pub(super) rx_waker: RefCell<Option<Waker>>,
+    pub(super) sent_wakers: RefCell<Vec<Waker>>,
     pub(super) closed: Cell<bool>,
 }
 
@@ -323,7 +321,7 @@ impl Conn {
         }
     }
 
-    fn owe(self: &Rc<Self>, core: &CoreRdma, n: u32) {
+    pub(super) fn owe(self: &Rc<Self>, core: &CoreRdma, n: u32) {
         self.owed.set(self.owed.get() + n);
         if self.owed.get() >= CREDIT_THRESHOLD {
             core.mark_dirty(self);
@@ -612,49 +610,6 @@ fn copy_out(q: &mut VecDeque<Bytes>, mut len: usize, mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// An RDMA connection owned by one core. Dropping it aborts the connection.
-pub struct RdmaEndpoint {
-    pub(crate) conn: Rc<Conn>,
-    pub(crate) core: Rc<CoreRdma>,
-}
-
-impl RdmaEndpoint {
-    fn check(&self) -> Result<()> {
-        debug_assert_on_core(self.conn.core_id);
-        match self.conn.error() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn closed_err(&self) -> TransportError {
-        self.conn.error().unwrap_or(TransportError::Closed {
-            peer: self.conn.peer.clone(),
-        })
-    }
-
-    /// Copies out the received messages (up to [`RECV_MERGE`] bytes) and reposts their
-    /// buffers.
-    fn take_ready(&self) -> Option<Result<Bytes>> {
-        let c = &self.conn;
-        if let Some(b) = c.carried.borrow_mut().pop_front() {
-            return Some(Ok(b));
-        }
-        let mut out = BytesMut::new();
-        let idxs = c.copy_ready(&mut out, RECV_MERGE);
-        if idxs.is_empty() {
-            return None;
-        }
-        let had_qp = c.qp.borrow().is_some();
-        if let Err(e) = c.post_recvs(&idxs) {
-            c.fail(Dead::Reset(e.to_string()));
-        } else if had_qp {
-            c.owe(&self.core, idxs.len() as u32);
-        }
-        Some(Ok(out.freeze()))
-    }
-}
-
 impl Conn {
     /// Copies received messages off the front of `ready` into `out` (at least one, then up
     /// to `max` bytes in all); returns their buffer indices, not yet reposted.
@@ -677,120 +632,5 @@ impl Conn {
             idxs.push(idx);
         }
         idxs
-    }
-}
-
-impl Endpoint for RdmaEndpoint {
-    type Transfer = RdmaTransfer;
-
-    async fn send(&self, bufs: Vec<Bytes>) -> Result<()> {
-        self.check()?;
-        match self.conn.sendq.push(bufs).await {
-            Ok(()) => {
-                self.core.mark_dirty(&self.conn);
-                Ok(())
-            }
-            Err(_) => Err(self.closed_err()),
-        }
-    }
-
-    fn try_send(&self, bufs: Vec<Bytes>) -> std::result::Result<(), (TransportError, Vec<Bytes>)> {
-        if let Err(e) = self.check() {
-            return Err((e, bufs));
-        }
-        let q = &self.conn.sendq;
-        match q.try_push(bufs) {
-            Ok(()) => {
-                self.core.mark_dirty(&self.conn);
-                Ok(())
-            }
-            Err(bufs) => {
-                let e = self.conn.error().unwrap_or(TransportError::Full {
-                    peer: self.conn.peer.clone(),
-                    queued_bytes: q.bytes(),
-                    queued_bufs: q.len(),
-                });
-                Err((e, bufs))
-            }
-        }
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.check()?;
-        if self.conn.sendq.flushed().await {
-            Ok(())
-        } else {
-            Err(self.closed_err())
-        }
-    }
-
-    async fn recv(&self) -> Result<Bytes> {
-        debug_assert_on_core(self.conn.core_id);
-        let c = &self.conn;
-        poll_fn(|cx| {
-            if matches!(*c.dead.borrow(), Some(Dead::Closed)) {
-                return Poll::Ready(Err(self.closed_err()));
-            }
-            if let Some(r) = self.take_ready() {
-                return Poll::Ready(r);
-            }
-            if c.eof.get() {
-                return Poll::Ready(Err(TransportError::PeerClosed {
-                    peer: c.peer.clone(),
-                }));
-            }
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e));
-            }
-            *c.rx_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.flush().await?;
-        let c = &self.conn;
-        c.eos_wanted.set(true);
-        self.core.mark_dirty(c);
-        // Wait until the end-of-stream message and everything before it were acknowledged.
-        poll_fn(|cx| {
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e));
-            }
-            if c.eos_posted.get() && c.inflight.borrow().is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            c.sent_wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn abort(&self) {
-        self.conn.fail(Dead::Closed);
-        let _ = self.conn.stream.shutdown(Shutdown::Both);
-    }
-
-    fn peer_addr(&self) -> &Address {
-        &self.conn.peer
-    }
-
-    fn local_addr(&self) -> &Address {
-        &self.conn.local
-    }
-
-    fn queued_bytes(&self) -> usize {
-        self.conn.sendq.bytes()
-    }
-
-    fn into_transfer(self) -> std::result::Result<RdmaTransfer, (TransportError, Self)> {
-        crate::rdma::handoff::detach(self)
-    }
-}
-
-impl Drop for RdmaEndpoint {
-    fn drop(&mut self) {
-        self.conn.close(&self.core);
     }
 }

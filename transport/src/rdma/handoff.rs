@@ -48,10 +48,9 @@ use corewire_runtime::{current_core, debug_assert_on_core, spawn_local, timer};
 
 use crate::addr::Address;
 use crate::error::{Result, TransportError};
-use crate::rdma::conn::{
-    Conn, ConnParts, Dead, Phase, RdmaEndpoint, IMM_EOS, QP_CQ_BUDGET, RECV_BIT, RECV_BUFS,
-};
+use crate::rdma::conn::{Conn, ConnParts, Dead, Phase, IMM_EOS, QP_CQ_BUDGET, RECV_BIT, RECV_BUFS};
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
+use crate::rdma::endpoint::RdmaEndpoint;
 use crate::rdma::setup::{MoveMsg, MOVED_MAGIC, MOVE_LOST, MOVE_MAGIC, MOVE_OK, READY};
 use crate::rdma::stack::{create_qp, create_recv_mr};
 use crate::rdma::verbs::WorkCompletion;
@@ -151,6 +150,8 @@ pub(crate) fn detach(
         data_sent: c.data_sent.get(),
         data_recvd: c.data_recvd.get(),
     };
+    tracing::debug!(peer = %c.peer, carried = t.pending.iter().map(Bytes::len).sum::<usize>(),
+        sent = t.data_sent, received = t.data_recvd, "rdma: endpoint detached for a hand-off");
     // Dropping `ep` now finds the connection closed: no shutdown of the shared socket.
     c.closed.set(true);
     c.fail(Dead::Closed);
@@ -234,6 +235,7 @@ impl Transfer for RdmaTransfer {
             data_received: self.data_recvd,
         };
         let (weak, stream, side) = (Rc::downgrade(&conn), conn.stream(), conn.side.clone());
+        tracing::debug!(peer = %conn.peer, core = core_id, qpn = conn.qpn(), "rdma: endpoint attached; MOVE");
         spawn_local(side_channel(weak, core, stream, side, Some(mv))).detach();
         Ok(ep)
     }
@@ -332,6 +334,7 @@ pub(crate) async fn side_channel(
         let Some(c) = conn.upgrade() else { return };
         let limit = c.cfg.connect_timeout;
         let r = timer::timeout(limit, announce_move(&c, &core, &stream, m)).await;
+        tracing::debug!(peer = %c.peer, ok = ?r.as_ref().map(|r| r.is_ok()), "rdma: hand-off done");
         let r = r.unwrap_or_else(|_| {
             Err(Dead::Reset(format!(
                 "rdma hand-off: no answer to MOVE within {limit:?}"

@@ -33,11 +33,12 @@
 
 mod conn;
 mod core;
+mod endpoint;
 mod handoff;
 mod setup;
 mod stack;
 pub mod verbs;
 
-pub use conn::RdmaEndpoint;
+pub use endpoint::RdmaEndpoint;
 pub use handoff::RdmaTransfer;
 pub use stack::{RdmaListener, RdmaTransport};

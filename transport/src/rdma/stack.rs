@@ -12,8 +12,9 @@ use corewire_runtime::{current_core, spawn_local, timer};
 
 use crate::addr::{Address, RdmaOptions, TransportKind};
 use crate::error::{Result, TransportError};
-use crate::rdma::conn::{Conn, ConnParts, RdmaEndpoint, QP_CQ_BUDGET, RECV_BUFS, SQ_DEPTH};
+use crate::rdma::conn::{Conn, ConnParts, QP_CQ_BUDGET, RECV_BUFS, SQ_DEPTH};
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
+use crate::rdma::endpoint::RdmaEndpoint;
 use crate::rdma::handoff::side_channel;
 use crate::rdma::setup::{SetupMsg, READY};
 use crate::rdma::verbs::{Access, MemoryRegion, QpConfig, QueuePair};
