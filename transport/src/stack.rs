@@ -27,6 +27,15 @@
 //! owned by the target core. Bytes already received but not yet returned by `recv` travel
 //! with it. An endpoint that is not quiescent is refused with
 //! [`TransportError::WrongState`] and left usable.
+//!
+//! Per transport: TCP moves its socket; shared memory moves its mapping and wake-up fds; RDMA
+//! cannot move a queue pair (it is bound to its core's completion queue), so it retires the
+//! old one in `into_transfer` and `attach` re-creates it on the target core and reconnects
+//! both ends over the TCP side channel, with a loss check: a message the peer sent on the old
+//! queue pair after the move began is never silently lost, both sides get a
+//! [`TransportError::Reset`] naming it. The peer should therefore be quiet during a move (as
+//! the messenger's client is while it waits for the server's reply to CLIENT_IDENT);
+//! transport-internal credit returns are exempt.
 
 use std::future::Future;
 

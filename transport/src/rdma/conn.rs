@@ -26,29 +26,32 @@
 //! A completion with an error status, end of file or an error on the side channel (after a
 //! short grace period in which an end-of-stream message already sent is still honoured) and
 //! local aborts kill the connection: the QP moves to ERR, the send queue is closed, and every
-//! later call reports `Reset` (or `Closed` after a local abort). Dropping the endpoint closes
+//! later call reports `Reset` (or `Closed` after a local abort). A failed completion is held
+//! for [`MOVE_GRACE`] first (see [`Phase::Broken`]): the peer may have retired its QP for a
+//! hand-off whose MOVE is still on the side channel ([`crate::rdma::handoff`], which also
+//! documents the hand-off design). Dropping the endpoint closes
 //! the side channel and destroys the QP (the verbs layer drains it), then returns its chunks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::net::Shutdown;
-use std::rc::{Rc, Weak};
-use std::task::{Poll, Waker};
+use std::rc::Rc;
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corewire_runtime::net::TcpStream;
-use corewire_runtime::{debug_assert_on_core, timer};
+use corewire_runtime::timer;
 
 use crate::addr::Address;
 use crate::error::{Result, TransportError};
 use crate::rdma::core::{CoreRdma, CHUNK};
+use crate::rdma::handoff::SideCtl;
 use crate::rdma::verbs::{
     MemoryRegion, QueuePair, RecvWr, SendOp, SendWr, Sge, WcStatus, WorkCompletion,
 };
 use crate::sendq::SendQueue;
-use crate::stack::{Endpoint, EndpointConfig, Transfer};
+use crate::stack::EndpointConfig;
 
 /// Receive buffers (and initial credits) per connection.
 pub(crate) const RECV_BUFS: u32 = 16;
@@ -56,55 +59,92 @@ pub(crate) const RECV_BUFS: u32 = 16;
 pub(crate) const CREDIT_THRESHOLD: u32 = RECV_BUFS / 2;
 /// Send work requests outstanding per QP.
 pub(crate) const SQ_DEPTH: u32 = 64;
+/// CQ entries one connection's QP may produce (its send and receive queues, drain markers).
+pub(crate) const QP_CQ_BUDGET: u32 = SQ_DEPTH + RECV_BUFS + 2;
 /// Signal at least every this many send requests.
 const SIGNAL_EVERY: u64 = 16;
 /// Most bytes one `recv` copies out (several received messages merge into one chunk).
-const RECV_MERGE: usize = 256 << 10;
+pub(super) const RECV_MERGE: usize = 256 << 10;
 /// `wr_id` bit of receives (sends use a sequence number below it).
-const RECV_BIT: u64 = 1 << 62;
+pub(super) const RECV_BIT: u64 = 1 << 62;
 /// Immediate data: end of stream.
-const IMM_EOS: u32 = 1 << 31;
+pub(super) const IMM_EOS: u32 = 1 << 31;
 const IMM_CREDITS: u32 = 0xffff;
 /// How long a side-channel hang-up waits for an end-of-stream message still in flight.
 const HUP_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
-enum Dead {
+pub(super) enum Dead {
     Reset(String),
+    /// The peer broke the side-channel protocol (e.g. a malformed MOVE).
+    Malformed(String),
     Closed,
 }
 
+/// Where a connection stands with respect to hand-off (see [`crate::rdma::handoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Connected; sends are posted.
+    Live,
+    /// Re-created on a new core by `attach`: waiting for the peer's MOVED; sends queue up.
+    Moving,
+    /// The peer announced a move: the old QP is retired and a new one set up; sends queue up.
+    PeerMoving,
+    /// A work completion failed while live: maybe the peer tore its QP down for a move whose
+    /// MOVE is still on its way. Sends queue up; without a MOVE within [`MOVE_GRACE`] the
+    /// connection resets with the completion's error.
+    Broken,
+    /// Handed off by `into_transfer`: this core's copy is dead.
+    Gone,
+}
+
+/// How long a failed completion waits for the peer's MOVE before it resets the connection.
+pub(super) const MOVE_GRACE: Duration = Duration::from_secs(5);
+
 /// See the module docs.
 pub(crate) struct Conn {
-    core_id: usize,
+    pub(super) core_id: usize,
     pub(crate) dirty: Cell<bool>,
     // `qp` before `recv_mr`: the QP (and its posted receives) goes first.
-    qp: RefCell<Option<QueuePair>>,
-    recv_mr: MemoryRegion,
-    qpn: u32,
-    max_inline: usize,
-    peer: Address,
-    local: Address,
-    stream: Rc<TcpStream>,
-    sendq: SendQueue,
+    pub(super) qp: RefCell<Option<QueuePair>>,
+    pub(super) recv_mr: MemoryRegion,
+    /// The current QP's number (a move replaces the QP).
+    pub(super) qpn: Cell<u32>,
+    pub(super) max_inline: Cell<usize>,
+    pub(super) peer: Address,
+    pub(super) local: Address,
+    pub(super) cfg: EndpointConfig,
+    pub(super) stream: Rc<TcpStream>,
+    pub(super) side: Rc<SideCtl>,
+    pub(super) sendq: SendQueue,
     /// Largest message the peer accepts (its buffer size, capped by our chunk size).
-    msg_max: usize,
-    credits: Cell<u32>,
-    sq_used: Cell<u32>,
+    pub(super) msg_max: Cell<usize>,
+    pub(super) credits: Cell<u32>,
+    pub(super) sq_used: Cell<u32>,
     next_seq: Cell<u64>,
-    /// Posted sends not yet released: sequence number and pool chunk.
-    inflight: RefCell<VecDeque<(u64, Option<u32>)>>,
-    eos_wanted: Cell<bool>,
-    eos_posted: Cell<bool>,
+    /// Posted sends not yet released: sequence number, pool chunk, carries data (or end of
+    /// stream) rather than credits only.
+    pub(super) inflight: RefCell<VecDeque<(u64, Option<u32>, bool)>>,
+    pub(super) eos_wanted: Cell<bool>,
+    pub(super) eos_posted: Cell<bool>,
     /// Received messages not yet returned by `recv`: buffer index and length.
-    ready: RefCell<VecDeque<(u32, u32)>>,
+    pub(super) ready: RefCell<VecDeque<(u32, u32)>>,
+    /// Bytes received before a move to this core, returned by `recv` before anything else.
+    pub(super) carried: RefCell<VecDeque<Bytes>>,
+    /// Buffers copied out while there was no QP to post them on (during a move).
+    pub(super) unposted: RefCell<Vec<u32>>,
     /// Buffers reposted whose credits are not yet returned to the peer.
-    owed: Cell<u32>,
-    eof: Cell<bool>,
-    dead: RefCell<Option<Dead>>,
-    rx_waker: RefCell<Option<Waker>>,
-    sent_wakers: RefCell<Vec<Waker>>,
-    closed: Cell<bool>,
+    pub(super) owed: Cell<u32>,
+    pub(super) eof: Cell<bool>,
+    pub(super) phase: Cell<Phase>,
+    /// Data and end-of-stream messages posted / received on the current QP (the loss check
+    /// of a move; credit-only messages do not count).
+    pub(super) data_sent: Cell<u64>,
+    pub(super) data_recvd: Cell<u64>,
+    pub(super) dead: RefCell<Option<Dead>>,
+    pub(super) rx_waker: RefCell<Option<Waker>>,
+    pub(super) sent_wakers: RefCell<Vec<Waker>>,
+    pub(super) closed: Cell<bool>,
 }
 
 pub(crate) struct ConnParts {
@@ -128,13 +168,15 @@ impl Conn {
             dirty: Cell::new(false),
             qp: RefCell::new(Some(p.qp)),
             recv_mr: p.recv_mr,
-            qpn,
-            max_inline,
+            qpn: Cell::new(qpn),
+            max_inline: Cell::new(max_inline),
             peer: p.peer,
             local: p.local,
             stream: Rc::new(p.stream),
+            side: Rc::new(SideCtl::default()),
             sendq: SendQueue::new(&p.cfg),
-            msg_max: p.peer_buf.min(CHUNK),
+            cfg: p.cfg,
+            msg_max: Cell::new(p.peer_buf.min(CHUNK)),
             credits: Cell::new(p.peer_credits),
             sq_used: Cell::new(0),
             next_seq: Cell::new(0),
@@ -142,8 +184,13 @@ impl Conn {
             eos_wanted: Cell::new(false),
             eos_posted: Cell::new(false),
             ready: RefCell::new(VecDeque::new()),
+            carried: RefCell::new(VecDeque::new()),
+            unposted: RefCell::new(Vec::new()),
             owed: Cell::new(0),
             eof: Cell::new(false),
+            phase: Cell::new(Phase::Live),
+            data_sent: Cell::new(0),
+            data_recvd: Cell::new(0),
             dead: RefCell::new(None),
             rx_waker: RefCell::new(None),
             sent_wakers: RefCell::new(Vec::new()),
@@ -152,17 +199,19 @@ impl Conn {
     }
 
     pub(crate) fn qpn(&self) -> u32 {
-        self.qpn
+        self.qpn.get()
     }
 
     pub(crate) fn stream(&self) -> Rc<TcpStream> {
         self.stream.clone()
     }
 
-    /// Posts the receive buffers `idxs`.
+    /// Posts the receive buffers `idxs` (or, while a move has taken the QP away, keeps them
+    /// for the next one).
     pub(crate) fn post_recvs(&self, idxs: &[u32]) -> Result<()> {
         let qp = self.qp.borrow();
         let Some(qp) = qp.as_ref() else {
+            self.unposted.borrow_mut().extend_from_slice(idxs);
             return Ok(());
         };
         let sges: Vec<Sge> = idxs
@@ -184,11 +233,15 @@ impl Conn {
         unsafe { qp.post_recv(&wrs) }
     }
 
-    fn error(&self) -> Option<TransportError> {
+    pub(super) fn error(&self) -> Option<TransportError> {
         self.dead.borrow().as_ref().map(|d| match d {
             Dead::Reset(reason) => TransportError::Reset {
                 peer: self.peer.clone(),
                 reason: reason.clone(),
+            },
+            Dead::Malformed(what) => TransportError::Malformed {
+                peer: self.peer.clone(),
+                what: what.clone(),
             },
             Dead::Closed => TransportError::Closed {
                 peer: self.peer.clone(),
@@ -196,7 +249,7 @@ impl Conn {
         })
     }
 
-    fn wake_all(&self) {
+    pub(super) fn wake_all(&self) {
         if let Some(w) = self.rx_waker.borrow_mut().take() {
             w.wake();
         }
@@ -206,9 +259,9 @@ impl Conn {
     }
 
     /// Kills the connection with `e` (the first reason sticks).
-    fn fail(&self, e: Dead) {
+    pub(super) fn fail(&self, e: Dead) {
         if self.dead.borrow().is_none() {
-            if let Dead::Reset(r) = &e {
+            if let Dead::Reset(r) | Dead::Malformed(r) = &e {
                 tracing::debug!(peer = %self.peer, reason = %r, "rdma: connection reset");
             }
             *self.dead.borrow_mut() = Some(e);
@@ -231,17 +284,18 @@ impl Conn {
 
     fn on_recv(self: &Rc<Self>, core: &CoreRdma, wc: &WorkCompletion) {
         if !wc.is_success() {
-            if self.dead.borrow().is_none() {
-                self.fail(Dead::Reset(format!(
-                    "receive completion failed: {} (vendor error {:#x})",
-                    wc.status(),
-                    wc.vendor_err()
-                )));
-            }
+            self.completion_failed(format!(
+                "receive completion failed: {} (vendor error {:#x})",
+                wc.status(),
+                wc.vendor_err()
+            ));
             return;
         }
         let idx = (wc.wr_id() & 0xffff_ffff) as u32;
         let imm = wc.imm_data().unwrap_or(0);
+        if imm & IMM_EOS != 0 || wc.byte_len() > 0 {
+            self.data_recvd.set(self.data_recvd.get() + 1);
+        }
         let got = imm & IMM_CREDITS;
         if got > 0 {
             self.credits.set(self.credits.get() + got);
@@ -267,7 +321,7 @@ impl Conn {
         }
     }
 
-    fn owe(self: &Rc<Self>, core: &CoreRdma, n: u32) {
+    pub(super) fn owe(self: &Rc<Self>, core: &CoreRdma, n: u32) {
         self.owed.set(self.owed.get() + n);
         if self.owed.get() >= CREDIT_THRESHOLD {
             core.mark_dirty(self);
@@ -279,8 +333,8 @@ impl Conn {
         let mut freed = false;
         {
             let mut inflight = self.inflight.borrow_mut();
-            while inflight.front().is_some_and(|&(s, _)| s <= seq) {
-                let (_, chunk) = inflight.pop_front().expect("front");
+            while inflight.front().is_some_and(|&(s, _, _)| s <= seq) {
+                let (_, chunk, _) = inflight.pop_front().expect("front");
                 if let Some(c) = chunk {
                     core.pool.put(c);
                     freed = true;
@@ -293,11 +347,11 @@ impl Conn {
         }
         if !wc.is_success() {
             if self.dead.borrow().is_none() || wc.status() != WcStatus::WR_FLUSH_ERR {
-                self.fail(Dead::Reset(format!(
+                self.completion_failed(format!(
                     "send completion failed: {} (vendor error {:#x})",
                     wc.status(),
                     wc.vendor_err()
-                )));
+                ));
             }
             return;
         }
@@ -311,9 +365,38 @@ impl Conn {
         }
     }
 
+    /// A work completion failed. While live this may be the peer tearing down its QP for a
+    /// move (its MOVE may still be on the side channel): stop posting and give the MOVE
+    /// [`MOVE_GRACE`] to arrive before resetting. During a move, failures of the retired QP
+    /// are expected (flushes) and ignored.
+    fn completion_failed(self: &Rc<Self>, why: String) {
+        if self.dead.borrow().is_some() {
+            return;
+        }
+        match self.phase.get() {
+            Phase::Live => {
+                tracing::debug!(peer = %self.peer, reason = %why,
+                    "rdma: completion failed; waiting for a possible MOVE");
+                self.phase.set(Phase::Broken);
+                let weak = Rc::downgrade(self);
+                corewire_runtime::spawn_local(async move {
+                    timer::sleep(MOVE_GRACE).await;
+                    if let Some(c) = weak.upgrade() {
+                        if c.phase.get() == Phase::Broken {
+                            c.fail(Dead::Reset(why));
+                        }
+                    }
+                })
+                .detach();
+            }
+            Phase::Moving => self.fail(Dead::Reset(why)),
+            Phase::Broken | Phase::PeerMoving | Phase::Gone => {}
+        }
+    }
+
     /// Posts what can be posted now as one chain; returns whether anything was posted.
     pub(crate) fn pump(self: &Rc<Self>, core: &CoreRdma) -> bool {
-        if self.dead.borrow().is_some() {
+        if self.dead.borrow().is_some() || self.phase.get() != Phase::Live {
             return false;
         }
         let qp_ref = self.qp.borrow();
@@ -345,8 +428,8 @@ impl Conn {
         };
         while slots > 0 {
             if queued > 0 && credits >= 2 {
-                let len = queued.min(self.msg_max);
-                let src = if len <= self.max_inline {
+                let len = queued.min(self.msg_max.get());
+                let src = if len <= self.max_inline.get() {
                     let at = scratch.len();
                     copy_out(&mut taken, len, |piece| scratch.extend_from_slice(piece));
                     Src::Inline(at)
@@ -435,12 +518,16 @@ impl Conn {
         drop(qp_ref);
         {
             let mut inflight = self.inflight.borrow_mut();
-            for (i, (_, src, _)) in plan.iter().enumerate() {
+            for (i, (imm, src, len)) in plan.iter().enumerate() {
                 let chunk = match *src {
                     Src::Chunk(c) => Some(c),
                     _ => None,
                 };
-                inflight.push_back((first + i as u64, chunk));
+                let data = *len > 0 || imm & IMM_EOS != 0;
+                if data {
+                    self.data_sent.set(self.data_sent.get() + 1);
+                }
+                inflight.push_back((first + i as u64, chunk, data));
             }
         }
         self.next_seq.set(first + n as u64);
@@ -459,6 +546,11 @@ impl Conn {
         if self.closed.get() || self.dead.borrow().is_some() {
             return;
         }
+        if self.phase.get() != Phase::Live {
+            // Mid-move or with a failed QP: nothing more can arrive.
+            self.fail(Dead::Reset(why));
+            return;
+        }
         // An end-of-stream message sent before the close may still be in the CQ, or on the
         // wire: give it a moment.
         while core.poll_cq() > 0 {}
@@ -471,24 +563,34 @@ impl Conn {
         }
     }
 
+    /// Retires the current QP: unregisters it, moves it to ERR and drains it (returning the
+    /// completions not polled yet), and releases its send slots and pool chunks.
+    pub(super) fn retire_qp(&self, core: &CoreRdma) -> Vec<WorkCompletion> {
+        core.remove(self.qpn.get());
+        let qp = self.qp.borrow_mut().take();
+        let wcs = qp.map(QueuePair::close).unwrap_or_default();
+        for (_, chunk, _) in self.inflight.borrow_mut().drain(..) {
+            if let Some(c) = chunk {
+                core.pool.put(c);
+            }
+        }
+        self.sq_used.set(0);
+        core.chunks_freed();
+        wcs
+    }
+
     /// Local close: the QP is destroyed (drained), chunks are returned, the side channel is
-    /// shut down so the peer notices.
+    /// shut down so the peer notices (unless the endpoint was handed off: then the side
+    /// channel lives on, on the new core).
     pub(crate) fn close(self: &Rc<Self>, core: &CoreRdma) {
         if self.closed.replace(true) {
             return;
         }
         self.fail(Dead::Closed);
+        self.side.stop();
         let _ = self.stream.shutdown(Shutdown::Both);
-        core.remove(self.qpn);
-        let qp = self.qp.borrow_mut().take();
-        drop(qp); // moves to ERR, drains, destroys
-        for (_, chunk) in self.inflight.borrow_mut().drain(..) {
-            if let Some(c) = chunk {
-                core.pool.put(c);
-            }
-        }
-        core.chunks_freed();
-        core.release_cq(SQ_DEPTH + RECV_BUFS + 2);
+        drop(self.retire_qp(core)); // moves to ERR, drains, destroys
+        core.release_cq(QP_CQ_BUDGET);
     }
 }
 
@@ -508,217 +610,27 @@ fn copy_out(q: &mut VecDeque<Bytes>, mut len: usize, mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// The side-channel watcher: the channel carries nothing after setup, so end of file or an
-/// error means the peer closed or died.
-pub(crate) async fn watch(conn: Weak<Conn>, core: Rc<CoreRdma>, stream: Rc<TcpStream>) {
-    let (r, _buf) = stream.read(Vec::<u8>::with_capacity(16)).await;
-    let Some(c) = conn.upgrade() else { return };
-    let why = match r {
-        Ok(0) => "side channel closed (peer closed or died)".to_string(),
-        Ok(n) => format!("peer sent {n} unexpected bytes on the side channel"),
-        Err(e) => format!("side channel failed: {e}"),
-    };
-    c.on_hup(&core, why).await;
-}
-
-/// An RDMA connection owned by one core. Dropping it aborts the connection.
-pub struct RdmaEndpoint {
-    pub(crate) conn: Rc<Conn>,
-    pub(crate) core: Rc<CoreRdma>,
-}
-
-impl RdmaEndpoint {
-    fn check(&self) -> Result<()> {
-        debug_assert_on_core(self.conn.core_id);
-        match self.conn.error() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn closed_err(&self) -> TransportError {
-        self.conn.error().unwrap_or(TransportError::Closed {
-            peer: self.conn.peer.clone(),
-        })
-    }
-
-    /// Copies out the received messages (up to [`RECV_MERGE`] bytes) and reposts their
-    /// buffers.
-    fn take_ready(&self) -> Option<Result<Bytes>> {
-        let c = &self.conn;
-        let mut ready = c.ready.borrow_mut();
-        if ready.is_empty() {
-            return None;
-        }
-        let mut out = BytesMut::new();
+impl Conn {
+    /// Copies received messages off the front of `ready` into `out` (at least one, then up
+    /// to `max` bytes in all); returns their buffer indices, not yet reposted.
+    pub(super) fn copy_ready(&self, out: &mut BytesMut, max: usize) -> Vec<u32> {
+        let mut ready = self.ready.borrow_mut();
         let mut idxs = Vec::new();
         while let Some(&(idx, len)) = ready.front() {
-            if !out.is_empty() && out.len() + len as usize > RECV_MERGE {
+            if !out.is_empty() && out.len() + len as usize > max {
                 break;
             }
             ready.pop_front();
             let at = idx as usize * CHUNK;
-            assert!(len as usize <= CHUNK && at + CHUNK <= c.recv_mr.len());
+            assert!(len as usize <= CHUNK && at + CHUNK <= self.recv_mr.len());
             // SAFETY: buffer `idx` completed (its completion was polled) and is not posted
             // again until after this copy; `len` bytes of it were written by the adapter and
             // lie inside the region (checked above).
             let src =
-                unsafe { std::slice::from_raw_parts(c.recv_mr.as_ptr().add(at), len as usize) };
+                unsafe { std::slice::from_raw_parts(self.recv_mr.as_ptr().add(at), len as usize) };
             out.extend_from_slice(src);
             idxs.push(idx);
         }
-        drop(ready);
-        if let Err(e) = c.post_recvs(&idxs) {
-            c.fail(Dead::Reset(e.to_string()));
-        } else {
-            c.owe(&self.core, idxs.len() as u32);
-        }
-        Some(Ok(out.freeze()))
-    }
-}
-
-impl Endpoint for RdmaEndpoint {
-    type Transfer = RdmaTransfer;
-
-    async fn send(&self, bufs: Vec<Bytes>) -> Result<()> {
-        self.check()?;
-        match self.conn.sendq.push(bufs).await {
-            Ok(()) => {
-                self.core.mark_dirty(&self.conn);
-                Ok(())
-            }
-            Err(_) => Err(self.closed_err()),
-        }
-    }
-
-    fn try_send(&self, bufs: Vec<Bytes>) -> std::result::Result<(), (TransportError, Vec<Bytes>)> {
-        if let Err(e) = self.check() {
-            return Err((e, bufs));
-        }
-        let q = &self.conn.sendq;
-        match q.try_push(bufs) {
-            Ok(()) => {
-                self.core.mark_dirty(&self.conn);
-                Ok(())
-            }
-            Err(bufs) => {
-                let e = self.conn.error().unwrap_or(TransportError::Full {
-                    peer: self.conn.peer.clone(),
-                    queued_bytes: q.bytes(),
-                    queued_bufs: q.len(),
-                });
-                Err((e, bufs))
-            }
-        }
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.check()?;
-        if self.conn.sendq.flushed().await {
-            Ok(())
-        } else {
-            Err(self.closed_err())
-        }
-    }
-
-    async fn recv(&self) -> Result<Bytes> {
-        debug_assert_on_core(self.conn.core_id);
-        let c = &self.conn;
-        poll_fn(|cx| {
-            if matches!(*c.dead.borrow(), Some(Dead::Closed)) {
-                return Poll::Ready(Err(self.closed_err()));
-            }
-            if let Some(r) = self.take_ready() {
-                return Poll::Ready(r);
-            }
-            if c.eof.get() {
-                return Poll::Ready(Err(TransportError::PeerClosed {
-                    peer: c.peer.clone(),
-                }));
-            }
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e));
-            }
-            *c.rx_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.flush().await?;
-        let c = &self.conn;
-        c.eos_wanted.set(true);
-        self.core.mark_dirty(c);
-        // Wait until the end-of-stream message and everything before it were acknowledged.
-        poll_fn(|cx| {
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e));
-            }
-            if c.eos_posted.get() && c.inflight.borrow().is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            c.sent_wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn abort(&self) {
-        self.conn.fail(Dead::Closed);
-        let _ = self.conn.stream.shutdown(Shutdown::Both);
-    }
-
-    fn peer_addr(&self) -> &Address {
-        &self.conn.peer
-    }
-
-    fn local_addr(&self) -> &Address {
-        &self.conn.local
-    }
-
-    fn queued_bytes(&self) -> usize {
-        self.conn.sendq.bytes()
-    }
-
-    fn into_transfer(self) -> std::result::Result<RdmaTransfer, (TransportError, Self)> {
-        let e = TransportError::WrongState {
-            peer: self.conn.peer.clone(),
-            what: "rdma endpoints are bound to their core's CQ; hand-off needs \
-                   re-registration, not implemented",
-        };
-        Err((e, self))
-    }
-}
-
-impl RdmaEndpoint {
-    /// Test hook, not API: moves the queue pair to ERR behind the connection's back, as a
-    /// fatal adapter or link error would. The connection finds out as in that case: from its
-    /// flushed work requests (and the peer from its unacknowledged sends).
-    #[doc(hidden)]
-    pub fn inject_qp_error(&self) -> Result<()> {
-        match self.conn.qp.borrow().as_ref() {
-            Some(qp) => qp.to_error(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for RdmaEndpoint {
-    fn drop(&mut self) {
-        self.conn.close(&self.core);
-    }
-}
-
-/// Never produced: RDMA endpoints cannot move between cores yet (see
-/// [`RdmaEndpoint::into_transfer`]).
-pub struct RdmaTransfer {
-    never: std::convert::Infallible,
-}
-
-impl Transfer for RdmaTransfer {
-    type Endpoint = RdmaEndpoint;
-    fn attach(self) -> Result<RdmaEndpoint> {
-        match self.never {}
+        idxs
     }
 }

@@ -29,18 +29,23 @@
 //! - **Dispatch** ([`Dispatch`], default `sharded`): the above. `central`, for comparison
 //!   only, moves CQ polling to one dispatcher thread for the whole process, as Ceph's
 //!   `RDMADispatcher` ([`central`]); chosen with [`set_dispatch`] or `CW_RDMA_DISPATCH`.
-//! - **Hand-off** between cores is not supported: `into_transfer` always refuses with
-//!   `WrongState` (the QP is bound to its core's CQ and PD; moving it means reconnecting).
+//! - **Hand-off** between cores re-creates the QP on the target core and reconnects both
+//!   ends over the side channel (MOVE / MOVED / READY), with a loss check that turns any
+//!   message sent on the old QP and not received into a `Reset` on both sides; see
+//!   [`handoff`].
 
 mod central;
 mod conn;
 mod core;
 mod dispatch;
+mod endpoint;
+mod handoff;
 mod setup;
 mod stack;
 pub mod verbs;
 
 pub use central::DISPATCHER_THREAD;
-pub use conn::{RdmaEndpoint, RdmaTransfer};
 pub use dispatch::{dispatch, set_dispatch, Dispatch};
+pub use endpoint::RdmaEndpoint;
+pub use handoff::RdmaTransfer;
 pub use stack::{RdmaListener, RdmaTransport};

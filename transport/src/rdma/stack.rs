@@ -12,8 +12,10 @@ use corewire_runtime::{current_core, spawn_local, timer};
 
 use crate::addr::{Address, RdmaOptions, TransportKind};
 use crate::error::{Result, TransportError};
-use crate::rdma::conn::{watch, Conn, ConnParts, RdmaEndpoint, RECV_BUFS, SQ_DEPTH};
+use crate::rdma::conn::{Conn, ConnParts, QP_CQ_BUDGET, RECV_BUFS, SQ_DEPTH};
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
+use crate::rdma::endpoint::RdmaEndpoint;
+use crate::rdma::handoff::side_channel;
 use crate::rdma::setup::{SetupMsg, READY};
 use crate::rdma::verbs::{Access, MemoryRegion, QpConfig, QueuePair};
 use crate::stack::{EndpointConfig, Listener, Transport};
@@ -254,7 +256,7 @@ async fn establish(
         .local_addr()
         .map(|a| Address::Rdma(a, opts.clone()))
         .map_err(|e| TransportError::from_io(&peer, "getsockname", e))?;
-    let budget = SQ_DEPTH + RECV_BUFS + 2;
+    let budget = QP_CQ_BUDGET;
     core.reserve_cq(budget)?;
     // Gives the CQ budget back unless the connection took it over.
     struct Budget<'a>(&'a CoreRdma, u32, bool);
@@ -266,16 +268,8 @@ async fn establish(
         }
     }
     let mut guard = Budget(&core, budget, false);
-    let qcfg = QpConfig {
-        max_send_wr: SQ_DEPTH,
-        max_recv_wr: RECV_BUFS,
-        max_send_sge: 1,
-        max_recv_sge: 1,
-        access: Access::LOCAL_WRITE,
-        ..QpConfig::default()
-    };
-    let qp = QueuePair::new(&core.pd, &core.cq, &core.cq, None, qcfg)?;
-    let recv_mr = MemoryRegion::new(&core.pd, RECV_BUFS as usize * CHUNK, Access::LOCAL_WRITE)?;
+    let qp = create_qp(&core)?;
+    let recv_mr = create_recv_mr(&core)?;
     let mine = SetupMsg {
         qp: qp.endpoint(),
         credits: RECV_BUFS as u16,
@@ -318,6 +312,25 @@ async fn establish(
             what: format!("rdma setup: expected the ready byte, got {:#04x}", r[0]),
         });
     }
-    spawn_local(watch(Rc::downgrade(&conn), core, stream)).detach();
+    let side = conn.side.clone();
+    spawn_local(side_channel(Rc::downgrade(&conn), core, stream, side, None)).detach();
     Ok(ep)
+}
+
+/// A connection's queue pair on `core` (in INIT).
+pub(crate) fn create_qp(core: &CoreRdma) -> Result<QueuePair> {
+    let qcfg = QpConfig {
+        max_send_wr: SQ_DEPTH,
+        max_recv_wr: RECV_BUFS,
+        max_send_sge: 1,
+        max_recv_sge: 1,
+        access: Access::LOCAL_WRITE,
+        ..QpConfig::default()
+    };
+    QueuePair::new(&core.pd, &core.cq, &core.cq, None, qcfg)
+}
+
+/// A connection's receive buffers on `core`: [`RECV_BUFS`] of [`CHUNK`] bytes.
+pub(crate) fn create_recv_mr(core: &CoreRdma) -> Result<MemoryRegion> {
+    MemoryRegion::new(&core.pd, RECV_BUFS as usize * CHUNK, Access::LOCAL_WRITE)
 }
