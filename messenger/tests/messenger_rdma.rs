@@ -15,19 +15,14 @@
 
 mod suite;
 
+#[path = "../../transport/tests/rdma_env/mod.rs"]
+mod rdma_env;
+
 use std::time::Duration;
 
 use corewire_messenger::wire::{EntityName, EntityType};
 use corewire_messenger::Messenger;
 use corewire_transport::{Address, TransportKind};
-
-fn dev_name() -> String {
-    std::env::var("CW_RDMA_DEV").unwrap_or_else(|_| "rxe0".into())
-}
-
-fn ip() -> String {
-    std::env::var("CW_RDMA_IP").unwrap_or_else(|_| "10.99.0.1".into())
-}
 
 #[derive(Clone)]
 struct Rdma;
@@ -37,24 +32,8 @@ impl suite::Harness for Rdma {
         TransportKind::Rdma
     }
     fn listen_addr(&self) -> Address {
-        format!("rdma://{}:0?dev={}", ip(), dev_name())
-            .parse()
-            .unwrap()
+        rdma_env::listen_addr()
     }
-}
-
-fn device_present() -> bool {
-    let dev = dev_name();
-    let present = std::fs::read_dir("/sys/class/infiniband")
-        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name() == *dev))
-        .unwrap_or(false);
-    if !present {
-        assert!(
-            std::env::var("CW_RDMA_REQUIRE").as_deref() != Ok("1"),
-            "CW_RDMA_REQUIRE=1 but there is no RDMA device {dev} (run inside scripts/rxe-vm)"
-        );
-    }
-    present
 }
 
 /// Without a device: an RDMA messenger must fail to bind with the no-device error.
@@ -68,7 +47,7 @@ fn check_no_device() {
     let err = match built {
         Err(e) => e.to_string(),
         Ok(m) => {
-            let addr: Address = format!("rdma://127.0.0.1:0?dev={}", dev_name())
+            let addr: Address = format!("rdma://127.0.0.1:0?dev={}", rdma_env::dev_name())
                 .parse()
                 .unwrap();
             match rt.block_on(m.bind(&addr)) {
@@ -77,7 +56,7 @@ fn check_no_device() {
             }
         }
     };
-    let no_device = err.contains("no RDMA") && err.contains(&dev_name());
+    let no_device = err.contains("no RDMA") && err.contains(&rdma_env::dev_name());
     let not_built = err.contains("rdma") && err.contains("feature");
     assert!(
         no_device || not_built,
@@ -90,7 +69,7 @@ fn check_no_device() {
 /// The harness, or (no device) the no-device check and an early return from the test.
 macro_rules! rdma {
     () => {{
-        if !device_present() {
+        if !rdma_env::device_present() {
             check_no_device();
             return;
         }

@@ -22,6 +22,8 @@
 
 mod conformance;
 
+mod rdma_env;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,14 +37,6 @@ use corewire_transport::rdma::RdmaTransport;
 use corewire_transport::{
     Address, Endpoint, EndpointConfig, Listener, Transfer, Transport, TransportError,
 };
-
-fn dev_name() -> String {
-    std::env::var("CW_RDMA_DEV").unwrap_or_else(|_| "rxe0".into())
-}
-
-fn ip() -> String {
-    std::env::var("CW_RDMA_IP").unwrap_or_else(|_| "10.99.0.1".into())
-}
 
 #[derive(Clone)]
 struct Rdma;
@@ -58,24 +52,8 @@ impl conformance::Harness for Rdma {
         })
     }
     fn listen_addr(&self) -> Address {
-        format!("rdma://{}:0?dev={}", ip(), dev_name())
-            .parse()
-            .unwrap()
+        rdma_env::listen_addr()
     }
-}
-
-fn device_present() -> bool {
-    let dev = dev_name();
-    let present = std::fs::read_dir("/sys/class/infiniband")
-        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name() == *dev))
-        .unwrap_or(false);
-    if !present {
-        assert!(
-            std::env::var("CW_RDMA_REQUIRE").as_deref() != Ok("1"),
-            "CW_RDMA_REQUIRE=1 but there is no RDMA device {dev} (run inside scripts/rxe-vm)"
-        );
-    }
-    present
 }
 
 /// Without a device: connecting must fail with `NoRdmaDevice` naming the device.
@@ -83,7 +61,7 @@ fn check_no_device() {
     let rt = conformance::runtime();
     let err = rt
         .block_on(rt.spawn_on(0, || async {
-            let addr: Address = format!("rdma://127.0.0.1:1?dev={}", dev_name())
+            let addr: Address = format!("rdma://127.0.0.1:1?dev={}", rdma_env::dev_name())
                 .parse()
                 .unwrap();
             RdmaTransport::new(EndpointConfig::default())
@@ -95,7 +73,7 @@ fn check_no_device() {
         }))
         .unwrap();
     assert!(
-        err.starts_with("no RDMA") && err.contains(&dev_name()),
+        err.starts_with("no RDMA") && err.contains(&rdma_env::dev_name()),
         "expected NoRdmaDevice, got {err:?}"
     );
     eprintln!("no RDMA device here; checked the error instead: {err}");
@@ -105,7 +83,7 @@ fn check_no_device() {
 /// The harness, or (no device) the no-device check and an early return from the test.
 macro_rules! rdma {
     () => {{
-        if !device_present() {
+        if !rdma_env::device_present() {
             check_no_device();
             return;
         }

@@ -13,6 +13,8 @@
 //! (`CW_RDMA_REQUIRE=1` makes a missing device a failure).
 #![cfg(feature = "rdma")]
 
+mod rdma_env;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,28 +22,6 @@ use corewire_runtime::{spawn_local, timer, Runtime};
 use corewire_transport::framed::Framed;
 use corewire_transport::rdma::{dispatch, Dispatch, RdmaTransport, DISPATCHER_THREAD};
 use corewire_transport::{Address, EndpointConfig, Listener, Transport};
-
-fn dev_name() -> String {
-    std::env::var("CW_RDMA_DEV").unwrap_or_else(|_| "rxe0".into())
-}
-
-fn ip() -> String {
-    std::env::var("CW_RDMA_IP").unwrap_or_else(|_| "10.99.0.1".into())
-}
-
-fn device_present() -> bool {
-    let dev = dev_name();
-    let present = std::fs::read_dir("/sys/class/infiniband")
-        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name() == *dev))
-        .unwrap_or(false);
-    if !present {
-        assert!(
-            std::env::var("CW_RDMA_REQUIRE").as_deref() != Ok("1"),
-            "CW_RDMA_REQUIRE=1 but there is no RDMA device {dev} (run inside scripts/rxe-vm)"
-        );
-    }
-    present
-}
 
 /// Threads of this process named `name`.
 fn threads_named(name: &str) -> usize {
@@ -66,9 +46,7 @@ fn echo_round_trip(rt: &Runtime) -> usize {
     let (tx, rx) = std::sync::mpsc::channel();
     let last = rt.cores() - 1;
     rt.spawn_on(last, move || async move {
-        let addr: Address = format!("rdma://{}:0?dev={}", ip(), dev_name())
-            .parse()
-            .unwrap();
+        let addr: Address = rdma_env::listen_addr();
         let l = transport().listen(&addr).await.unwrap();
         tx.send(l.local_addr()).unwrap();
         let ep = l.accept().await.unwrap();
@@ -105,7 +83,7 @@ fn echo_round_trip(rt: &Runtime) -> usize {
 #[test]
 fn dispatcher_thread_follows_the_mode_and_stops_with_the_last_cq() {
     let mode = dispatch().expect("CW_RDMA_DISPATCH parses");
-    if !device_present() {
+    if !rdma_env::device_present() {
         eprintln!("no RDMA device here; checked only that the mode parses ({mode})");
         return;
     }

@@ -11,6 +11,8 @@
 //! `CW_RDMA_DISPATCH` selects (`scripts/test` runs both). Without a device it returns early.
 #![cfg(feature = "rdma")]
 
+mod rdma_env;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,29 +21,6 @@ use bytes::Bytes;
 use corewire_runtime::{timer, Runtime};
 use corewire_transport::rdma::RdmaTransport;
 use corewire_transport::{Address, Endpoint, EndpointConfig, Listener, Transport, TransportError};
-
-fn dev_name() -> String {
-    std::env::var("CW_RDMA_DEV").unwrap_or_else(|_| "rxe0".into())
-}
-
-fn ip() -> String {
-    std::env::var("CW_RDMA_IP").unwrap_or_else(|_| "10.99.0.1".into())
-}
-
-fn device_present() -> bool {
-    let dev = dev_name();
-    let present = std::fs::read_dir("/sys/class/infiniband")
-        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name() == *dev))
-        .unwrap_or(false);
-    if !present {
-        assert!(
-            std::env::var("CW_RDMA_REQUIRE").as_deref() != Ok("1"),
-            "CW_RDMA_REQUIRE=1 but there is no RDMA device {dev} (run inside scripts/rxe-vm)"
-        );
-        eprintln!("no RDMA device {dev}; skipped");
-    }
-    present
-}
 
 fn transport() -> RdmaTransport {
     RdmaTransport::new(EndpointConfig {
@@ -68,7 +47,7 @@ fn expect_reset(r: corewire_transport::Result<Bytes>, who: &str) -> String {
 
 #[test]
 fn injected_qp_error_resets_both_sides() {
-    if !device_present() {
+    if !rdma_env::device_present() {
         return;
     }
     let rt = Runtime::builder().cores(2).build().unwrap();
@@ -84,9 +63,7 @@ fn injected_qp_error_resets_both_sides() {
     // way the user gets a typed Reset.
     let server = rt.spawn_on(1, move || async move {
         timer::timeout(LIMIT, async move {
-            let addr: Address = format!("rdma://{}:0?dev={}", ip(), dev_name())
-                .parse()
-                .unwrap();
+            let addr: Address = rdma_env::listen_addr();
             let l = transport().listen(&addr).await.unwrap();
             addr_tx.send(l.local_addr()).unwrap();
             let ep = l.accept().await.unwrap();
