@@ -1,7 +1,7 @@
 //! Type-erased stacks: [`AnyTransport`], [`AnyListener`], [`AnyEndpoint`], picked by address
 //! (Ceph's `ms_type`). The messenger uses these so one messenger serves every transport.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::addr::{Address, TransportKind};
 use crate::error::{Result, TransportError};
@@ -150,7 +150,7 @@ impl Endpoint for AnyEndpoint {
     fn abort(&self) {
         each!(self, e => e.abort())
     }
-    fn alloc(&self, len: usize) -> BytesMut {
+    fn alloc(&self, len: usize) -> crate::TxBuf {
         each!(self, e => e.alloc(len))
     }
     fn peer_addr(&self) -> &Address {

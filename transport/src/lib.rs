@@ -15,9 +15,11 @@ pub mod sendq;
 pub mod shm;
 pub mod stack;
 pub mod tcp;
+pub mod txbuf;
 
 pub use addr::{Address, RdmaOptions, TransportKind};
 pub use any::{connect_any, AnyEndpoint, AnyListener, AnyTransfer, AnyTransport};
 pub use error::{Result, TransportError};
 pub use shm::{ShmEndpoint, ShmListener, ShmOptions, ShmTransport};
 pub use stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
+pub use txbuf::TxBuf;

@@ -11,7 +11,7 @@
 //!   in the endpoint's bounded send queue and waits for room when it is full;
 //!   [`Endpoint::try_send`] fails at once with [`TransportError::Full`] instead. Memory never
 //!   grows without bound. Buffers from [`Endpoint::alloc`] may be registered memory (RDMA,
-//!   shared memory), which makes the send zero-copy.
+//!   shared memory), which makes the send zero-copy ([`crate::txbuf`]).
 //! - [`Endpoint::recv`] returns the next chunk of the stream, as received (a pool buffer, not
 //!   copied). Chunk boundaries are not message boundaries: framing is the user's (the
 //!   messenger's msgr2 frames, or [`crate::framed`]).
@@ -39,10 +39,11 @@
 
 use std::future::Future;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::addr::{Address, TransportKind};
 use crate::error::Result;
+use crate::txbuf::TxBuf;
 
 /// A per-core transport stack.
 pub trait Transport: 'static {
@@ -89,10 +90,11 @@ pub trait Endpoint: Sized {
     fn shutdown(&self) -> impl Future<Output = Result<()>>;
     /// Close at once, dropping anything queued; the peer sees a reset or end of stream.
     fn abort(&self);
-    /// A buffer for a zero-copy send (registered memory where the transport has it; plain
-    /// heap memory by default, which the transport then copies).
-    fn alloc(&self, len: usize) -> BytesMut {
-        BytesMut::with_capacity(len)
+    /// A `len`-byte buffer for a zero-copy send ([`TxBuf`]: memory the peer can read directly
+    /// where the transport has it and room is free; a zeroed heap buffer otherwise, which a
+    /// send then copies).
+    fn alloc(&self, len: usize) -> TxBuf {
+        TxBuf::heap(len)
     }
     /// The peer's address.
     fn peer_addr(&self) -> &Address;

@@ -24,6 +24,9 @@ impl conformance::Harness for Shm {
             .parse()
             .unwrap()
     }
+    fn registered_alloc(&self) -> bool {
+        true
+    }
 }
 
 conformance_tests!(Shm);

@@ -561,10 +561,29 @@ impl Conn {
                     budget = budget.saturating_sub(total);
                     unpublished = true;
                     progress = true;
+                } else if let Some(pos) = m.out.adopt(front.as_ptr(), front.len()) {
+                    // Written by the user straight into our area (`Endpoint::alloc`): send the
+                    // reference, no copy.
+                    let desc = encode_desc(pos, front.len() as u64);
+                    match m.tx.try_push_deferred(KIND_DESC, &[&desc]) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            m.out.unreserve();
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) => {
+                            res = Err(e.to_string());
+                            break;
+                        }
+                    }
+                    unpublished = true;
+                    budget = budget.saturating_sub(front.len());
+                    batch.pop_front();
+                    progress = true;
                 } else {
-                    let n = front.len().min(chunk);
-                    let pos = match m.out.reserve(n) {
-                        Ok(Some(pos)) => pos,
+                    let (pos, n) = match m.out.reserve(front.len().min(chunk)) {
+                        Ok(Some(r)) => r,
                         Ok(None) => {
                             blocked = true;
                             break;
@@ -614,6 +633,19 @@ impl Conn {
             }
         }
         Ok((progress, false))
+    }
+
+    /// A send buffer in our area when it has room (see [`crate::txbuf`]); `None`: the caller
+    /// falls back to the heap. Payloads that go inline are not worth it.
+    pub(crate) fn alloc(&self, len: usize) -> Option<crate::TxBuf> {
+        let mut guard = self.mapped.borrow_mut();
+        let m = guard.as_mut()?;
+        if len <= self.tun.inline_max.min(m.tx.max_payload()) {
+            return None;
+        }
+        // A corrupt released position is reported by the next pump; here it just means no
+        // area buffer.
+        m.alloc(len).ok().flatten()
     }
 
     /// The poller wants to park: arm wake-ups, re-check. `false` vetoes the park.

@@ -168,6 +168,12 @@ impl Endpoint for ShmEndpoint {
         self.conn.abort();
     }
 
+    fn alloc(&self, len: usize) -> crate::TxBuf {
+        self.check();
+        self.conn
+            .alloc(len)
+            .unwrap_or_else(|| crate::TxBuf::heap(len))
+    }
     fn peer_addr(&self) -> &Address {
         &self.conn.peer
     }

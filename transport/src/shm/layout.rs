@@ -29,9 +29,10 @@
 //! byte at any moment, and every value read from it is validated before use (see
 //! [`crate::shm::ring`] and [`crate::shm::bufarea`]).
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
-use crate::shm::bufarea::{AreaReader, AreaWriter};
+use crate::shm::bufarea::{AreaError, AreaReader, AreaWriter};
 use crate::shm::region::{ShmRegion, HUGE_PAGE_SIZE, MAX_REGION_LEN};
 use crate::shm::ring::{Consumer, Producer, RingLayout, MAX_CAPACITY, MIN_CAPACITY};
 
@@ -276,7 +277,23 @@ pub(crate) struct Mapped {
     pub(crate) tx_waiting: WaitFlag,
     /// Set by the peer when its sends wait for room; we clear it and wake the peer.
     pub(crate) rx_peer_waiting: WaitFlag,
-    region: ShmRegion,
+    /// Shared with the user buffers that point into our area ([`AreaKeep`]): they keep the
+    /// mapping alive after the connection is gone.
+    region: Arc<ShmRegion>,
+}
+
+/// What a user buffer in our area holds ([`crate::TxBuf`]): the mapping, and the flag the
+/// area writer reclaims the chunk by (cleared on drop, when the last `Bytes` of the buffer
+/// goes).
+pub(crate) struct AreaKeep {
+    live: Arc<AtomicBool>,
+    _region: Arc<ShmRegion>,
+}
+
+impl Drop for AreaKeep {
+    fn drop(&mut self) {
+        self.live.store(false, Ordering::Release);
+    }
 }
 
 // SAFETY: `Mapped` owns its region; every raw pointer inside points into that mapping, which
@@ -399,12 +416,35 @@ impl Mapped {
                 ctl,
                 off: PRODUCER_WAITING_OFF[rxd],
             },
-            region,
+            region: Arc::new(region),
         })
     }
 
     /// The region (for its fd and size).
     pub(crate) fn region(&self) -> &ShmRegion {
         &self.region
+    }
+
+    /// A `len`-byte send buffer in our area, if the area has room for it (see
+    /// [`AreaWriter::alloc`]).
+    pub(crate) fn alloc(&mut self, len: usize) -> Result<Option<crate::TxBuf>, AreaError> {
+        let Some((pos, live)) = self.out.alloc(len)? else {
+            return Ok(None);
+        };
+        let ptr = std::ptr::NonNull::new(self.out.chunk_ptr(pos)).expect("mapped area");
+        let keep = AreaKeep {
+            live,
+            _region: self.region.clone(),
+        };
+        // SAFETY: the chunk `pos..pos + len` lies inside our area (`alloc` checked it) and is
+        // initialised (the memfd starts zeroed). `keep` holds the mapping, so the memory stays
+        // valid while it lives. The writer hands the chunk to nobody else and writes no other
+        // payload into it until `keep` has cleared `live` (it reclaims only chunks no longer
+        // live, and only past the reader's released position). A well-behaved peer only reads
+        // our area, and this chunk only after we send a descriptor for it; a hostile one could
+        // write it through its own mapping, which changes what we send it and nothing else.
+        Ok(Some(unsafe {
+            crate::TxBuf::registered(ptr, len, Box::new(keep))
+        }))
     }
 }

@@ -23,6 +23,11 @@ pub trait Harness: Clone + Send + Sync + 'static {
     fn transport(&self, cfg: EndpointConfig) -> Self::T;
     /// A fresh address to listen on (unique per call).
     fn listen_addr(&self) -> Address;
+    /// Whether `Endpoint::alloc` hands out transport memory (zero-copy sends) for payloads of
+    /// 64 KiB and more on an idle endpoint.
+    fn registered_alloc(&self) -> bool {
+        false
+    }
 }
 
 pub fn runtime() -> Runtime {
@@ -546,6 +551,82 @@ pub fn dropped_recv_loses_nothing<H: Harness>(h: H) {
     rt.shutdown().unwrap();
 }
 
+/// Sends from `Endpoint::alloc` buffers: byte-exact in every order a user may choose (in
+/// order, out of order, the same bytes twice, a buffer dropped unsent), and the memory of a
+/// sent buffer is not reused while the sender still holds its bytes.
+pub fn alloc_buffers_round_trip<H: Harness>(h: H) {
+    let rt = runtime();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, echo_frames);
+    let registered = h.registered_alloc();
+    let zero_copy = client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let f = Framed::new(t.connect(&addr).await.unwrap(), MAX_FRAME);
+        let fill = |i: usize, n: usize| {
+            let mut b = f.endpoint().alloc(n);
+            assert_eq!(b.len(), n);
+            b.copy_from_slice(&payload(i, n));
+            b
+        };
+        let mut zero_copy = 0;
+        let mut seq = 0usize;
+        let mut expect = Vec::new();
+        // In order, sizes from just above the inline limits to 1 MiB; keep a clone of the
+        // first ones to check below that their memory is not reused meanwhile.
+        let mut kept = Vec::new();
+        for k in 0..40usize {
+            let n = [9 << 10, 64 << 10, 300 << 10, 1 << 20][k % 4] + k * 8;
+            let b = fill(seq, n);
+            zero_copy += usize::from(b.is_registered());
+            let b = b.freeze();
+            if k < 4 {
+                kept.push((seq, b.clone()));
+            }
+            f.send_msg(vec![b]).await.unwrap();
+            expect.push((seq, n));
+            seq += 1;
+            let (i, n) = expect.remove(0);
+            let m = f.recv_msg().await.unwrap();
+            assert!(m == payload(i, n), "message {i} ({n} bytes) differs");
+        }
+        // Out of order: B before A; a slice of C; D twice; E dropped unsent.
+        let a = fill(seq, 100 << 10).freeze();
+        let b = fill(seq + 1, 200 << 10).freeze();
+        let c = fill(seq + 2, 70 << 10).freeze().slice(1000..);
+        let d = fill(seq + 3, 50 << 10).freeze();
+        drop(fill(seq + 4, 60 << 10));
+        f.send_msg(vec![b.clone()]).await.unwrap();
+        f.send_msg(vec![a.clone()]).await.unwrap();
+        f.send_msg(vec![c.clone()]).await.unwrap();
+        f.send_msg(vec![d.clone()]).await.unwrap();
+        f.send_msg(vec![d.clone()]).await.unwrap();
+        for (what, want) in [("B", &b), ("A", &a), ("C", &c), ("D", &d), ("D again", &d)] {
+            let m = f.recv_msg().await.unwrap();
+            assert!(m == *want, "{what} differs");
+        }
+        drop((a, b, c, d));
+        // Many more after the dropped one: its memory comes back (no stall).
+        for k in 0..30 {
+            let n = 256 << 10;
+            let b = fill(seq + 10 + k, n).freeze();
+            f.send_msg(vec![b]).await.unwrap();
+            let m = f.recv_msg().await.unwrap();
+            assert!(m == payload(seq + 10 + k, n), "late message {k} differs");
+        }
+        for (i, b) in &kept {
+            assert!(
+                *b == payload(*i, b.len()),
+                "kept buffer {i} changed under its owner"
+            );
+        }
+        zero_copy
+    });
+    if registered {
+        assert!(zero_copy > 0, "no alloc buffer was transport memory");
+    } else {
+        assert_eq!(zero_copy, 0);
+    }
+    rt.shutdown().unwrap();
+}
+
 /// Instantiate the suite for one stack: `conformance_tests!(MyHarness);`
 #[macro_export]
 macro_rules! conformance_tests {
@@ -566,6 +647,10 @@ macro_rules! conformance_tests_without_handoff {
         #[test]
         fn connect_and_accept() {
             conformance::connect_and_accept($h)
+        }
+        #[test]
+        fn alloc_buffers_round_trip() {
+            conformance::alloc_buffers_round_trip($h)
         }
         #[test]
         fn messages_byte_exact_in_order() {
