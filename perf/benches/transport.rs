@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use corewire_perf::report::Group;
-use corewire_perf::transport_bench::{corewire, memcpy_gbps, spsc_ring, tokio_tcp, Workload};
+use corewire_perf::transport_bench::{
+    corewire, corewire_payload, memcpy_gbps, spsc_ring, tokio_tcp, Payload, Workload,
+};
 use corewire_transport::tcp::TcpTransport;
-use corewire_transport::{EndpointConfig, ShmTransport};
+use corewire_transport::{EndpointConfig, ShmOptions, ShmTransport};
 
 fn main() -> std::io::Result<()> {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -48,9 +50,26 @@ fn main() -> std::io::Result<()> {
             tcp.row("corewire tcp"),
             tok.row("tokio tcp, same framing"),
         ];
-        if !big {
+        // Large payloads written straight into the shm area (`Endpoint::alloc`): no copy on
+        // the sending side. The area holds two 4 MiB payloads at most per half, so 16 MiB.
+        let shm_zc = if big {
+            let opts = ShmOptions {
+                area_len: 16 << 20,
+                ..ShmOptions::default()
+            };
+            let m = corewire_payload(
+                move || ShmTransport::with_options(EndpointConfig::default(), opts.clone()),
+                shm_addr.parse().expect("addr"),
+                wl,
+                d,
+                Payload::Alloc,
+            )?;
+            rows.insert(1, m.row("corewire shm, payload from alloc"));
+            Some(m)
+        } else {
             rows.push(spsc_ring(wl, d)?.row("(limit: bare SPSC ring, 2 threads)"));
-        }
+            None
+        };
         let g = Group {
             title: wl.label(),
             rows,
@@ -58,12 +77,15 @@ fn main() -> std::io::Result<()> {
         print!("{}", g.render());
         if big {
             let mc = memcpy_gbps(4 << 20, d);
+            let zc = shm_zc.as_ref().map_or(0.0, |m| m.gbps());
             println!(
-                "GB/s: shm {:.2} ({:.0}% of single-core memcpy {:.2}), tcp {:.2}, tokio {:.2} \
-                 (tcp/tokio {:.2}x)",
+                "GB/s: shm {:.2} ({:.0}% of single-core memcpy {:.2}), shm from alloc {:.2} \
+                 ({:.0}%), tcp {:.2}, tokio {:.2} (tcp/tokio {:.2}x)",
                 shm.gbps(),
                 100.0 * shm.gbps() / mc,
                 mc,
+                zc,
+                100.0 * zc / mc,
                 tcp.gbps(),
                 tok.gbps(),
                 tcp.gbps() / tok.gbps()

@@ -1,10 +1,11 @@
 //! One shm workload alone, for profiling:
-//! `cargo run --release -p corewire-perf --example shm_pingpong [-- stream SIZE INFLIGHT]`
-//! (default: the 64 B ping-pong).
+//! `cargo run --release -p corewire-perf --example shm_pingpong [-- stream SIZE INFLIGHT [alloc]]`
+//! (default: the 64 B ping-pong). `alloc`: payloads from `Endpoint::alloc` (zero-copy on the
+//! sending side), with 16 MiB buffer areas so 4 MiB payloads fit.
 use std::time::Duration;
 
-use corewire_perf::transport_bench::{corewire, memcpy_gbps, Workload};
-use corewire_transport::{EndpointConfig, ShmTransport};
+use corewire_perf::transport_bench::{corewire_payload, memcpy_gbps, Payload, Workload};
+use corewire_transport::{EndpointConfig, ShmOptions, ShmTransport};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,16 +19,27 @@ fn main() -> std::io::Result<()> {
         },
         _ => Workload::PingPong { size: 64 },
     };
+    let alloc = args.iter().any(|a| a == "alloc");
+    let (payload, opts) = if alloc {
+        let opts = ShmOptions {
+            area_len: 16 << 20,
+            ..ShmOptions::default()
+        };
+        (Payload::Alloc, opts)
+    } else {
+        (Payload::Shared, ShmOptions::default())
+    };
     let addr = format!("shm://corewire-prof-{}", std::process::id());
-    let m = corewire(
-        || ShmTransport::new(EndpointConfig::default()),
+    let m = corewire_payload(
+        move || ShmTransport::with_options(EndpointConfig::default(), opts.clone()),
         addr.parse().expect("addr"),
         wl,
         Duration::from_secs(3),
+        payload,
     )?;
     let r = m.row(&wl.label());
     println!(
-        "{}: {:.0} ops/s, {:.2} GB/s, p50 {:?} ns",
+        "{} ({payload:?} payloads): {:.0} ops/s, {:.2} GB/s, p50 {:?} ns",
         wl.label(),
         r.ops_per_sec(),
         m.gbps(),

@@ -172,18 +172,44 @@ impl Recorder {
     }
 }
 
+/// How the client makes its requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// One buffer, cloned for every request: the transport copies it into its memory.
+    #[default]
+    Shared,
+    /// A fresh [`Endpoint::alloc`] buffer per request (transport memory where the transport
+    /// has it, so the send is zero-copy). The client writes its first 64 bytes, a sequence
+    /// number, as a producer that reads data straight into transport memory would; the rest
+    /// is what the buffer held (the transport's cost alone is measured, as perftest does).
+    Alloc,
+}
+
 /// The client side of a workload over any framed endpoint.
 async fn drive<E: Endpoint>(
     f: &Framed<E>,
     wl: Workload,
     duration: Duration,
+    payload: Payload,
     window: impl FnMut(bool) + 'static,
 ) -> Measured {
-    let req = Bytes::from(vec![0x5au8; wl.request_size()]);
+    let shared = Bytes::from(vec![0x5au8; wl.request_size()]);
+    let mut seq = 0u64;
+    let mut req = || match payload {
+        Payload::Shared => shared.clone(),
+        Payload::Alloc => {
+            let mut b = f.endpoint().alloc(wl.request_size());
+            seq += 1;
+            let stamp = seq.to_le_bytes().repeat(8);
+            let n = b.len().min(stamp.len());
+            b[..n].copy_from_slice(&stamp[..n]);
+            b.freeze()
+        }
+    };
     let mut rec = Recorder::new(wl, duration);
     rec.on_window(window);
     for _ in 0..wl.window() {
-        f.send_msg(vec![req.clone()]).await.expect("send");
+        f.send_msg(vec![req()]).await.expect("send");
         rec.sent();
     }
     loop {
@@ -196,7 +222,7 @@ async fn drive<E: Endpoint>(
             }
             return result;
         }
-        f.send_msg(vec![req.clone()]).await.expect("send");
+        f.send_msg(vec![req()]).await.expect("send");
         rec.sent();
     }
 }
@@ -227,6 +253,21 @@ where
     corewire_windowed(make, listen, wl, duration, |_| {})
 }
 
+/// [`corewire`] with requests made as `payload` says.
+pub fn corewire_payload<T, M>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+    payload: Payload,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+{
+    run_corewire(make, listen, wl, duration, payload, |_| {})
+}
+
 /// [`corewire`], calling `window(true)` on the client core when the measured window starts
 /// and `window(false)` when it ends (see [`Recorder::on_window`]).
 pub fn corewire_windowed<T, M, W>(
@@ -234,6 +275,22 @@ pub fn corewire_windowed<T, M, W>(
     listen: Address,
     wl: Workload,
     duration: Duration,
+    window: W,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+    W: FnMut(bool) + Send + 'static,
+{
+    run_corewire(make, listen, wl, duration, Payload::Shared, window)
+}
+
+fn run_corewire<T, M, W>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+    payload: Payload,
     window: W,
 ) -> io::Result<Measured>
 where
@@ -271,7 +328,7 @@ where
             let t = make();
             let ep = t.connect(&addr).await.expect("connect");
             let f = Framed::new(ep, MAX_FRAME);
-            drive(&f, wl, duration, window).await
+            drive(&f, wl, duration, payload, window).await
         }))
         .map_err(io::Error::other)?;
     rt.shutdown().map_err(io::Error::other)?;

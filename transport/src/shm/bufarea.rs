@@ -368,6 +368,14 @@ impl AreaSpan {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The `len` bytes at `at` of this span (`at + len <= self.len()`).
+    pub fn sub(&self, at: usize, len: usize) -> AreaSpan {
+        assert!(at + len <= self.len, "sub-span {at}+{len} of {}", self.len);
+        AreaSpan {
+            off: self.off + at,
+            len,
+        }
+    }
 }
 
 impl AreaReader {

@@ -345,14 +345,22 @@ impl Conn {
                         let (pos, len) = decode_desc(&d);
                         match inn.take(pos, len) {
                             Ok(span) => {
+                                // In pieces of at most a pool block, so a large chunk lands in
+                                // recycled receive memory rather than a fresh allocation (whose
+                                // first touch would cost a page fault per page).
                                 rx.emit();
-                                rx.room(span.len());
-                                let dst = &mut rx.pool.spare_capacity_mut()[..span.len()];
-                                inn.copy_out(span, dst);
-                                // SAFETY: `copy_out` initialised the first `span.len()` bytes
-                                // of the spare capacity (`room` made it at least that long).
-                                unsafe { rx.pool.set_len(span.len()) };
-                                rx.emit();
+                                let mut at = 0;
+                                while at < span.len() {
+                                    let n = (span.len() - at).min(rx.block);
+                                    rx.room(n);
+                                    let dst = &mut rx.pool.spare_capacity_mut()[..n];
+                                    inn.copy_out(span.sub(at, n), dst);
+                                    // SAFETY: `copy_out` initialised the first `n` bytes of
+                                    // the spare capacity (`room` made it at least that long).
+                                    unsafe { rx.pool.set_len(n) };
+                                    rx.emit();
+                                    at += n;
+                                }
                                 // Return the chunk as soon as it is copied out.
                                 inn.release();
                             }

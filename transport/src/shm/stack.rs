@@ -73,7 +73,9 @@ pub struct ShmOptions {
     /// Data capacity of each direction's ring (power of two, 4 KiB..=512 MiB). Default: 256 KiB.
     pub ring_capacity: usize,
     /// Length of each direction's buffer area for large payloads (multiple of 4 KiB, at
-    /// least 64 KiB). Default: 2 MiB.
+    /// least 64 KiB). `Endpoint::alloc` hands out buffers of up to half of it (zero-copy
+    /// sends), so size it at 2x (for pipelining, 4x) the largest payload that should go
+    /// without a copy. Default: 2 MiB.
     pub area_len: usize,
     /// Buffers up to this length go inline into the ring (clamped to a quarter of the ring).
     /// Default: 8 KiB (so the area, 8x the ring, carries everything larger).
