@@ -174,3 +174,96 @@ pub fn peer_vanishing_after_wait_does_not_hang<H: Harness>(h: H) {
     }
     rt.shutdown().unwrap();
 }
+
+/// A server (a raw one) that answers CLIENT_IDENT with WAIT, or with SESSION_RETRY_GLOBAL and
+/// then vanishes: the client retries (after RETRY_GLOBAL on the same connection with a
+/// global_seq above the one asked for, as msgr2 requires) and, once a real server is up at
+/// the address, opens its session there and delivers what it queued meanwhile, once, in
+/// order.
+pub fn server_vanishing_after_wait_or_retry_does_not_hang<H: Harness>(h: H) {
+    use corewire_messenger::wire::{
+        AuthDone, AuthSignature, Banner, EntityAddr, Hello, SessionRetryGlobal, Wait,
+    };
+    use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Listener, Transport};
+    const ASKED: u64 = 1000;
+    for wait in [true, false] {
+        let rt = runtime();
+        let (client, _, crec) = osd(&rt, &h, 1, false, |b| b);
+        let (kind, la) = (h.kind(), h.listen_addr());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let raw_server = rt.handle().spawn_on(0, move || async move {
+            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+            let l = t.listen(&la).await.unwrap();
+            tx.send(l.local_addr()).unwrap();
+            let ep = l.accept().await.unwrap();
+            let mut hs = vec![Banner::default().encode()];
+            hs.extend(raw::frame(&Hello {
+                entity_type: EntityType::Osd,
+                peer_addr: EntityAddr::default(),
+            }));
+            hs.extend(raw::frame(&AuthDone {
+                global_id: 1,
+                con_mode: corewire_messenger::wire::frames::CON_MODE_CRC,
+                auth_payload: Bytes::new(),
+            }));
+            hs.extend(raw::frame(&AuthSignature { signature: [0; 32] }));
+            ep.send(hs).await.unwrap();
+            let ident = |f: &Frame| matches!(f, Frame::ClientIdent(_));
+            let gs = |s: &raw::Seen| match s.frames.last() {
+                Some(Frame::ClientIdent(i)) => Some(i.global_seq),
+                _ => None,
+            };
+            let mut rd = raw::Reader::default();
+            let first = gs(&rd.read(&ep, ident).await);
+            let again = if wait {
+                ep.send(raw::frame(&Wait {})).await.unwrap();
+                None
+            } else {
+                ep.send(raw::frame(&SessionRetryGlobal { global_seq: ASKED }))
+                    .await
+                    .unwrap();
+                gs(&rd.read(&ep, ident).await)
+            };
+            let _ = ep.shutdown().await;
+            ep.abort(); // the server vanishes, listener and all
+            (first, again)
+        });
+        let addr = rx.recv_timeout(super::limit()).unwrap();
+        let conn = rt
+            .block_on(client.connect_to(EntityType::Osd, addr.clone()))
+            .unwrap();
+        for i in 0..10 {
+            conn.send(numbered(i)).unwrap();
+        }
+        let (first, again) = rt.block_on(raw_server).unwrap();
+        assert!(first.is_some(), "wait={wait}: no CLIENT_IDENT");
+        if !wait {
+            assert!(again.is_some_and(|g| g > ASKED), "{again:?}");
+        }
+        // A real server at the same address.
+        let m = Messenger::builder(corewire_messenger::wire::EntityName::new(
+            EntityType::Osd,
+            0,
+        ))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+        let rec = super::Recorder::new();
+        m.add_dispatcher_tail(rec.clone()).unwrap();
+        rt.block_on(m.bind(&addr)).unwrap();
+        m.start().unwrap();
+        rec.wait_for("the queued messages", |s| {
+            s.count == 10 || !s.errors.is_empty()
+        });
+        assert!(rec.seen.lock().unwrap().errors.is_empty());
+        let c = crec.seen.lock().unwrap();
+        assert_eq!(c.connects.len(), 1, "wait={wait}");
+        assert!(c.resets.is_empty(), "wait={wait}: {:?}", c.resets);
+        drop(c);
+        for m in [&client, &m] {
+            rt.block_on(m.shutdown()).unwrap();
+        }
+        rt.shutdown().unwrap();
+    }
+}

@@ -596,6 +596,7 @@ macro_rules! messenger_tests {
             keepalive_flood_keeps_the_queue_small,
             forged_session_reconnects_get_the_protocol_answer,
             malformed_session_reconnect_is_a_typed_error,
+            server_vanishing_after_wait_or_retry_does_not_hang,
         );
     };
     // The tests that need `entity_addr_t` to carry the transport's address (tcp, rdma).

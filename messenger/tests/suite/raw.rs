@@ -100,55 +100,63 @@ pub struct Seen {
     pub closed: bool,
 }
 
-/// Read frames from `ep` (banner first) until the server closes, `stop` holds for a frame
-/// past the handshake, or `limit()` passes.
-async fn read_answers(ep: &AnyEndpoint, stop: impl Fn(&Frame) -> bool) -> Seen {
-    let mut dec = FrameDecoder::new();
-    let mut banner = false;
-    let mut seen = Seen {
-        frames: Vec::new(),
-        closed: false,
-    };
-    let r = timer::timeout(limit(), async {
-        loop {
-            if !banner {
-                match dec.next_banner() {
-                    Ok(Some(_)) => banner = true,
-                    Ok(None) => {}
-                    Err(_) => return true,
-                }
-            }
-            if banner {
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some((tag, segs))) => {
-                            let f = Frame::decode(tag, &segs).expect("the server's frames decode");
-                            let handshake = matches!(
-                                f,
-                                Frame::Hello(_) | Frame::AuthDone(_) | Frame::AuthSignature(_)
-                            );
-                            if !handshake {
-                                let done = stop(&f);
-                                seen.frames.push(f);
-                                if done {
-                                    return false;
-                                }
-                            }
-                        }
-                        Ok(None) => break,
+/// Reads a peer's banner, then its frames, across calls.
+#[derive(Default)]
+pub struct Reader {
+    dec: FrameDecoder,
+    banner: bool,
+}
+
+impl Reader {
+    /// Read frames until the peer closes, `stop` holds for a frame past the handshake
+    /// (HELLO, AUTH_DONE and AUTH_SIGNATURE are skipped), or `limit()` passes.
+    pub async fn read(&mut self, ep: &AnyEndpoint, stop: impl Fn(&Frame) -> bool) -> Seen {
+        let mut seen = Seen {
+            frames: Vec::new(),
+            closed: false,
+        };
+        let r = timer::timeout(limit(), async {
+            loop {
+                if !self.banner {
+                    match self.dec.next_banner() {
+                        Ok(Some(_)) => self.banner = true,
+                        Ok(None) => {}
                         Err(_) => return true,
                     }
                 }
+                if self.banner {
+                    loop {
+                        match self.dec.next_frame() {
+                            Ok(Some((tag, segs))) => {
+                                let f =
+                                    Frame::decode(tag, &segs).expect("the peer's frames decode");
+                                let handshake = matches!(
+                                    f,
+                                    Frame::Hello(_) | Frame::AuthDone(_) | Frame::AuthSignature(_)
+                                );
+                                if !handshake {
+                                    let done = stop(&f);
+                                    seen.frames.push(f);
+                                    if done {
+                                        return false;
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(_) => return true,
+                        }
+                    }
+                }
+                match ep.recv().await {
+                    Ok(chunk) => self.dec.feed(chunk),
+                    Err(_) => return true,
+                }
             }
-            match ep.recv().await {
-                Ok(chunk) => dec.feed(chunk),
-                Err(_) => return true,
-            }
-        }
-    })
-    .await;
-    seen.closed = r.unwrap_or(false);
-    seen
+        })
+        .await;
+        seen.closed = r.unwrap_or(false);
+        seen
+    }
 }
 
 /// Connect a raw client to `addr` (on core 0), write `bytes` (in chunks of at most 4096
@@ -173,7 +181,7 @@ pub fn exchange<H: Harness>(
             }
             bytes = rest;
         }
-        let seen = read_answers(&ep, stop).await;
+        let seen = Reader::default().read(&ep, stop).await;
         ep.abort();
         seen
     }))
