@@ -2,13 +2,16 @@
 //! [`PeerAddr`], the key connections are sharded by.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use corewire_runtime::{current_core, Handle};
 use corewire_transport::Address;
 
-use crate::error::{MessengerError, Result};
+use crate::error::{MessengerError, Result, SendRejected};
 use crate::message::Message;
+use crate::messenger::Shared;
+use crate::outq::{OutQueueLimits, QueueStats};
 use crate::session;
 use crate::wire::{EntityName, EntityType};
 
@@ -93,6 +96,14 @@ pub(crate) struct ConnShared {
     pub(crate) handle: Handle,
     pub(crate) info: Mutex<Option<PeerInfo>>,
     pub(crate) closed: OnceLock<MessengerError>,
+    /// The messenger's out-queue limits and maximum segment length (checked by senders).
+    pub(crate) limits: OutQueueLimits,
+    pub(crate) max_segment_len: u32,
+    /// The out-queue is full or senders wait for room: written by the owning core only when
+    /// that changes, read by senders on other threads ([`crate::backpressure`]).
+    pub(crate) full: AtomicBool,
+    /// Messages and bytes held when `full` was last written (for the error).
+    pub(crate) full_held: (AtomicUsize, AtomicUsize),
 }
 
 /// A handle to a connection; cheap to clone, usable from any thread or core. Sends travel to
@@ -122,24 +133,21 @@ impl PartialEq for ConnectionRef {
 impl Eq for ConnectionRef {}
 
 impl ConnectionRef {
-    pub(crate) fn new(
-        id: u64,
-        core: usize,
-        peer: PeerAddr,
-        kind: ConnKind,
-        msgr_id: u64,
-        handle: Handle,
-    ) -> Self {
+    pub(crate) fn new(id: u64, core: usize, peer: PeerAddr, kind: ConnKind, m: &Shared) -> Self {
         ConnectionRef {
             inner: Arc::new(ConnShared {
                 id,
                 core,
                 peer,
                 kind,
-                msgr_id,
-                handle,
+                msgr_id: m.id,
+                handle: m.handle.clone(),
                 info: Mutex::new(None),
                 closed: OnceLock::new(),
+                limits: m.out_limits,
+                max_segment_len: m.max_segment_len,
+                full: AtomicBool::new(false),
+                full_held: (AtomicUsize::new(0), AtomicUsize::new(0)),
             }),
         }
     }
@@ -181,7 +189,78 @@ impl ConnectionRef {
         self.inner.closed.get().is_some()
     }
 
-    /// Queue `msg` (fire and forget; dropped if the connection closed meanwhile).
+    /// Queue `msg`, or refuse it at once and hand it back: [`MessengerError::OutQueueFull`]
+    /// when the connection holds what its [`OutQueueLimits`] allow (messages queued, written
+    /// and not acked), [`MessengerError::MessageTooLarge`] for a message that can never fit.
+    /// Dropped if the connection closed meanwhile. Exact on the connection's core; from
+    /// another thread it reads the state the owning core last published, so a burst can
+    /// exceed the limit by the sends still crossing cores ([`crate::backpressure`]).
+    ///
+    /// Ordering: as [`ConnectionRef::send`].
+    pub fn try_send(&self, msg: Message) -> std::result::Result<(), SendRejected> {
+        let i = &self.inner;
+        if current_core() == Some(i.core) {
+            return session::try_deliver(i.msgr_id, self, msg);
+        }
+        if i.kind != ConnKind::Local {
+            if let Err(e) = i.limits.check_size(&i.peer.addr, &msg, i.max_segment_len) {
+                return Err(SendRejected::new(e, msg));
+            }
+            if i.full.load(Ordering::Acquire) {
+                let e = MessengerError::OutQueueFull {
+                    peer: i.peer.addr.clone(),
+                    queued_messages: i.full_held.0.load(Ordering::Relaxed),
+                    queued_bytes: i.full_held.1.load(Ordering::Relaxed),
+                    limits: i.limits,
+                };
+                return Err(SendRejected::new(e, msg));
+            }
+        }
+        let me = self.clone();
+        i.handle
+            .submit_detached(i.core, move || {
+                session::deliver_admitted(me.inner.msgr_id, &me, msg)
+            })
+            .map_err(|e| SendRejected::lost(MessengerError::from(e)))
+    }
+
+    /// Queue `msg`, waiting for room in the out-queue (FIFO among waiting senders), woken
+    /// when the peer's acks free some. From another thread it waits on the connection's
+    /// core and the result comes back through the runtime's cross-core queue; dropping the
+    /// future there does not cancel the send. Fails with
+    /// [`MessengerError::MessageTooLarge`] at once for a message that can never fit, and when
+    /// the connection closes before there is room. Ordering: as [`ConnectionRef::send`].
+    pub async fn send_async(&self, msg: Message) -> Result<()> {
+        let i = &self.inner;
+        if current_core() == Some(i.core) {
+            return session::send_wait(i.msgr_id, self, msg).await;
+        }
+        if i.kind != ConnKind::Local {
+            i.limits.check_size(&i.peer.addr, &msg, i.max_segment_len)?;
+        }
+        let me = self.clone();
+        i.handle
+            .spawn_on(i.core, move || async move {
+                session::send_wait(me.inner.msgr_id, &me, msg).await
+            })
+            .await?
+    }
+
+    /// The connection's out-queue state, read on its core (None once it closed).
+    pub async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        let (mid, id) = (self.inner.msgr_id, self.inner.id);
+        if current_core() == Some(self.inner.core) {
+            return Ok(session::queue_stats(mid, id));
+        }
+        Ok(self
+            .inner
+            .handle
+            .submit_to(self.inner.core, move || session::queue_stats(mid, id))
+            .await?)
+    }
+
+    /// Queue `msg`; as [`ConnectionRef::try_send`], but a refused message is dropped (the
+    /// error says why).
     ///
     /// Ordering: messages sent by one thread (or one core) to one connection keep their order.
     /// Sends from different threads or cores reach the connection's core through separate
@@ -191,17 +270,7 @@ impl ConnectionRef {
     /// ([`ConnectionRef::core`](Self::core)), as crimson requires; Ceph's AsyncMessenger orders by call
     /// under a lock instead.
     pub fn send(&self, msg: Message) -> Result<()> {
-        if current_core() == Some(self.inner.core) {
-            session::deliver(self.inner.msgr_id, self, msg);
-            return Ok(());
-        }
-        let me = self.clone();
-        self.inner
-            .handle
-            .submit_detached(self.inner.core, move || {
-                session::deliver(me.inner.msgr_id, &me, msg)
-            })
-            .map_err(MessengerError::from)
+        self.try_send(msg).map_err(SendRejected::into_error)
     }
 
     /// Send a KEEPALIVE2 now.

@@ -36,7 +36,9 @@ use crate::connection::{ConnKind, PeerAddr};
 use crate::error::{MessengerError, Result};
 use crate::io::{run_session, FrameReader};
 use crate::messenger::Shared;
-use crate::protocol::handshake::{self, send_frame, Accepted, ClientHello, ServerReply};
+use crate::protocol::handshake::{
+    self, send_frame, send_last_frame, Accepted, ClientHello, ServerReply,
+};
 use crate::protocol::reconnect::{
     on_client_ident, on_reconnect, IdentDecision, ReconnectDecision, Role,
 };
@@ -72,6 +74,7 @@ pub(crate) async fn drive(
     };
     cs.remove(conn);
     report_close(&conn.cref, &conn.chain, err);
+    conn.close_room();
 }
 
 /// Errors retrying cannot fix.
@@ -212,6 +215,7 @@ async fn serve_attach(m: &Shared, conn: &Conn, a: Attach) -> Result<Live> {
         }
         Attach::Resume { ep, rd, msg_seq } => {
             conn.out.borrow_mut().on_ack(msg_seq);
+            conn.released();
             let ok = SessionReconnectOk {
                 msg_seq: conn.out.borrow().in_seq,
             };
@@ -316,7 +320,17 @@ async fn client_handshake(
                 return Ok(());
             }
             ServerReply::ReconnectOk { msg_seq } => {
+                let sent = conn.out.borrow().highest_sent_seq();
+                if msg_seq > sent {
+                    let peer = rd.peer.clone();
+                    return Err(MessengerError::SeqAhead {
+                        peer,
+                        msg_seq,
+                        sent,
+                    });
+                }
                 conn.out.borrow_mut().on_ack(msg_seq);
+                conn.released();
                 conn.update_ids(|i| i.connect_seq += 1);
                 bump(&m.counters.sessions_resumed);
                 return Ok(());
@@ -410,6 +424,13 @@ async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
     if core == cs.core {
         return on_owning_core(cs, key, ep, rd, acc).await;
     }
+    // A client that pipelines its frames can leave our last handshake frame still queued:
+    // only a quiescent endpoint moves.
+    if let Err(e) = ep.flush().await {
+        ep.abort();
+        let cref = cs.new_ref(key, ConnKind::Incoming);
+        return report_close(&cref, &m.chain(), MessengerError::transport(&peer, e));
+    }
     let xfer = match ep.into_transfer() {
         Ok(x) => x,
         Err((e, ep)) => {
@@ -484,8 +505,7 @@ async fn on_owning_core(
                     }
                     IdentDecision::Wait => {
                         tracing::debug!(peer = %key, "connection race: ours wins, WAIT");
-                        let _ = send_frame(&ep, &rd.peer, &Wait {}).await;
-                        ep.abort();
+                        send_last_frame(&ep, &rd, &Wait {}).await;
                         return;
                     }
                 }
@@ -515,9 +535,19 @@ async fn on_owning_core(
                     }
                     ReconnectDecision::Wait => {
                         tracing::debug!(peer = %key, "reconnect race: ours wins, WAIT");
-                        let _ = send_frame(&ep, &rd.peer, &Wait {}).await;
-                        ep.abort();
+                        send_last_frame(&ep, &rd, &Wait {}).await;
                         return;
+                    }
+                    ReconnectDecision::SeqAhead { sent } => {
+                        ep.abort();
+                        let e = MessengerError::SeqAhead {
+                            peer: rd.peer.clone(),
+                            msg_seq: r.msg_seq,
+                            sent,
+                        };
+                        tracing::warn!(peer = %key, error = %e, "SESSION_RECONNECT refused");
+                        let cref = cs.new_ref(key, ConnKind::Incoming);
+                        return report_close(&cref, &m.chain(), e);
                     }
                 }
             }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use corewire_transport::{Address, TransportError};
 
+use crate::message::Message;
+use crate::outq::OutQueueLimits;
 use crate::wire::WireError;
 
 /// Errors of `corewire-messenger`.
@@ -64,6 +66,38 @@ pub enum MessengerError {
     /// The connection was marked down or the messenger shut down.
     #[error("connection to {peer} was closed locally")]
     MarkedDown { peer: Address },
+    /// The connection's out-queue holds what its [`OutQueueLimits`] allow (messages queued,
+    /// written and not acked, waiting for replay): the message was not queued.
+    #[error(
+        "out-queue to {peer} is full: {queued_messages} messages and {queued_bytes} bytes \
+         held (limits: {} messages, {} bytes)",
+        limits.messages,
+        limits.bytes
+    )]
+    OutQueueFull {
+        peer: Address,
+        queued_messages: usize,
+        queued_bytes: usize,
+        limits: OutQueueLimits,
+    },
+    /// A message that can never be queued: larger than the out-queue byte limit, or with a
+    /// segment over the maximum segment length (the peer would reject it).
+    #[error("message type {msg_type} to {peer} refused: {bytes} bytes exceed {what} ({limit})")]
+    MessageTooLarge {
+        peer: Address,
+        msg_type: u16,
+        bytes: usize,
+        limit: usize,
+        what: &'static str,
+    },
+    /// A SESSION_RECONNECT or SESSION_RECONNECT_OK claims the peer received more messages
+    /// than were ever sent on the session (a forged or corrupt resume): refused.
+    #[error("{peer} claims to have received message seq {msg_seq}; only {sent} were sent")]
+    SeqAhead {
+        peer: Address,
+        msg_seq: u64,
+        sent: u64,
+    },
     /// A message payload did not decode as the requested type.
     #[error("message type {msg_type}: cannot decode as {ty}: {source}")]
     Payload {
@@ -112,6 +146,37 @@ impl MessengerError {
             MessengerError::Wire { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// A message [`crate::ConnectionRef::try_send`] did not queue: why, and the message back
+/// (except when the runtime refused the work: the message went with it).
+#[derive(Debug, thiserror::Error)]
+#[error("message not sent: {}", .0 .0)]
+pub struct SendRejected(Box<(MessengerError, Option<Message>)>);
+
+impl SendRejected {
+    pub(crate) fn new(error: MessengerError, msg: Message) -> Self {
+        SendRejected(Box::new((error, Some(msg))))
+    }
+    pub(crate) fn lost(error: MessengerError) -> Self {
+        SendRejected(Box::new((error, None)))
+    }
+    /// Why the message was refused.
+    pub fn error(&self) -> &MessengerError {
+        &self.0 .0
+    }
+    /// The refused message.
+    pub fn message(&self) -> Option<&Message> {
+        self.0 .1.as_ref()
+    }
+    /// The error, dropping the message.
+    pub fn into_error(self) -> MessengerError {
+        self.0 .0
+    }
+    /// The error and the message.
+    pub fn into_parts(self) -> (MessengerError, Option<Message>) {
+        *self.0
     }
 }
 

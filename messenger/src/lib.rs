@@ -3,15 +3,18 @@
 //! A Ceph-style messenger on msgr2.1 (crc mode, auth none), per core and sharded by peer:
 //! [`Messenger`] (life cycle as Ceph's: build, bind, add dispatchers, start, connect/send,
 //! mark down, shutdown, wait), [`ConnectionRef`], the handshake ([`protocol`]), the I/O handler
-//! and out-queue ([`io`]), [`Message`], [`Dispatcher`] chains and [`Policy`]. The wire layer
-//! ([`wire`]) holds the banner, frames and Ceph's encodings.
+//! ([`io`]), the bounded out-queue ([`outq`]) and how it holds senders back
+//! ([`backpressure`]: `try_send` refuses, `send_async` waits), [`Message`], [`Dispatcher`]
+//! chains and [`Policy`]. The wire layer ([`wire`]) holds the banner, frames and Ceph's
+//! encodings.
 //!
 //! Sessions follow Ceph's policies: a lossy session ends at its first fault
 //! (`ms_handle_reset`); a lossless one survives faults: its client reconnects
 //! (SESSION_RECONNECT, with back-off), its server keeps the queues in standby, and each side
 //! replays exactly the messages the other lacks, dropping duplicates by seq ([`driver`](crate)
 //! docs in `src/driver.rs`, rules in [`protocol`]). Connection races between lossless peers end
-//! with one session. Faults can be injected for tests ([`fault`]: `inject_socket_failures`, a
+//! with one session. A SESSION_RECONNECT claiming more messages than were sent is refused
+//! ([`MessengerError::SeqAhead`]). Faults can be injected for tests ([`fault`]: `inject_socket_failures`, a
 //! frame [`Interceptor`]). Not yet: dispatch throttles.
 //!
 //! ## Interop with Ceph
@@ -37,6 +40,7 @@
 //! ceph-mon 16.2.15 abort in `OSDMap::decode_classic` while encoding the reply; subscribe
 //! from epoch 1 as Ceph's Objecter does.
 
+pub mod backpressure;
 pub mod ceph;
 pub mod connection;
 pub mod dispatcher;
@@ -46,6 +50,7 @@ pub mod fault;
 pub mod io;
 pub mod message;
 pub mod messenger;
+pub mod outq;
 pub mod policy;
 pub mod protocol;
 mod session;
@@ -54,9 +59,10 @@ pub mod wire;
 
 pub use connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
 pub use dispatcher::{Dispatched, Dispatcher, DispatcherChain};
-pub use error::{MessengerError, Result};
+pub use error::{MessengerError, Result, SendRejected};
 pub use fault::{Direction, Intercept, Interceptor};
 pub use message::{Message, MessagePayload};
 pub use messenger::{Messenger, MessengerBuilder, MessengerCounters};
+pub use outq::{OutQueueLimits, QueueStats};
 pub use policy::{Policy, PolicySet};
 pub use throttle::ThrottleLimits;

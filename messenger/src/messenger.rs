@@ -17,6 +17,7 @@ use crate::dispatcher::{Dispatcher, DispatcherChain};
 use crate::error::{MessengerError, Result};
 use crate::fault::{Faults, Interceptor};
 use crate::message::Message;
+use crate::outq::OutQueueLimits;
 use crate::policy::{Policy, PolicySet};
 use crate::session::{self, core_state};
 use crate::throttle::ThrottleLimits;
@@ -37,6 +38,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
 pub const DEFAULT_DISPATCH_THROTTLE: ThrottleLimits = ThrottleLimits {
     messages: 0,
     bytes: 100 << 20,
+};
+
+/// The per-connection out-queue limits by default: 256 MiB, above the largest message the
+/// default maximum segment length allows (three segments of 64 MiB), and 16384 messages.
+pub const DEFAULT_OUT_QUEUE_LIMITS: OutQueueLimits = OutQueueLimits {
+    bytes: 256 << 20,
+    messages: 16384,
 };
 
 /// Ceph's `ms_initial_backoff` and `ms_max_backoff`.
@@ -69,6 +77,7 @@ pub(crate) struct Shared {
     pub(crate) my_addr: OnceLock<Address>,
     pub(crate) faults: Faults,
     pub(crate) dispatch_throttle: ThrottleLimits,
+    pub(crate) out_limits: OutQueueLimits,
     /// Back-off between reconnect attempts of a lossless session: first, most.
     pub(crate) reconnect_backoff: (Duration, Duration),
     /// Session events (control path only, never per message).
@@ -141,6 +150,7 @@ pub(crate) struct SessionCounters {
     pub(crate) session_faults: AtomicU64,
     pub(crate) remote_resets: AtomicU64,
     pub(crate) standby_reconnects: AtomicU64,
+    pub(crate) out_queue_drops: AtomicU64,
 }
 
 /// A snapshot of a messenger's session counters ([`Messenger::counters`]).
@@ -159,6 +169,9 @@ pub struct MessengerCounters {
     /// Reconnect attempts of a lossless session in standby because it had something to send
     /// (its server side, or its client under a `standby` policy).
     pub standby_reconnects: u64,
+    /// Messages [`Messenger::send_message`] sent from another core that found the
+    /// connection's out-queue full on arrival, and were dropped ([`crate::backpressure`]).
+    pub out_queue_drops: u64,
 }
 
 /// Builds a [`Messenger`]; see [`Messenger::builder`].
@@ -177,6 +190,7 @@ pub struct MessengerBuilder {
     faults: Faults,
     reconnect_backoff: (Duration, Duration),
     dispatch_throttle: ThrottleLimits,
+    out_limits: OutQueueLimits,
 }
 
 impl MessengerBuilder {
@@ -251,6 +265,14 @@ impl MessengerBuilder {
         self.dispatch_throttle = limits;
         self
     }
+    /// What each connection may hold for its peer: payload bytes and messages queued, written
+    /// and not yet acked, or waiting for replay (default [`DEFAULT_OUT_QUEUE_LIMITS`]: 256 MiB
+    /// and 16384 messages; both must be > 0). At the limit `try_send` refuses and
+    /// `send_async` waits; a message over the byte limit is refused ([`crate::backpressure`]).
+    pub fn out_queue_limits(mut self, limits: OutQueueLimits) -> Self {
+        self.out_limits = limits;
+        self
+    }
     /// Testing: break the transport about once every `n` socket operations (frames read,
     /// batches written), like Ceph's `ms_inject_socket_failures` (default 0: never).
     pub fn inject_socket_failures(mut self, n: u32) -> Self {
@@ -271,6 +293,12 @@ impl MessengerBuilder {
         };
         if self.idle_timeout.is_zero() {
             return Err(MessengerError::Config("idle timeout must be > 0".into()));
+        }
+        if self.out_limits.bytes == 0 || self.out_limits.messages == 0 {
+            return Err(MessengerError::Config(format!(
+                "out-queue limits must be > 0: {:?}",
+                self.out_limits
+            )));
         }
         let id = NEXT_MESSENGER_ID.fetch_add(1, Ordering::Relaxed);
         let auth_id = self.auth_id.unwrap_or_else(|| match self.name.num {
@@ -294,6 +322,7 @@ impl MessengerBuilder {
             my_addr: OnceLock::new(),
             faults: self.faults,
             dispatch_throttle: self.dispatch_throttle,
+            out_limits: self.out_limits,
             reconnect_backoff: self.reconnect_backoff,
             counters: SessionCounters::default(),
             global_seq: AtomicU64::new(0),
@@ -333,6 +362,7 @@ impl Messenger {
             faults: Faults::default(),
             reconnect_backoff: DEFAULT_RECONNECT_BACKOFF,
             dispatch_throttle: DEFAULT_DISPATCH_THROTTLE,
+            out_limits: DEFAULT_OUT_QUEUE_LIMITS,
         }
     }
 
@@ -362,6 +392,7 @@ impl Messenger {
             remote_resets: get(&c.remote_resets),
             injected_faults: get(&self.shared.faults.injected),
             standby_reconnects: get(&c.standby_reconnects),
+            out_queue_drops: get(&c.out_queue_drops),
         }
     }
 
@@ -496,6 +527,11 @@ impl Messenger {
     }
 
     /// Send `msg` to `peer`, connecting if needed; fire and forget, from any thread or core.
+    /// On the connection's core a message the out-queue cannot take now fails at once
+    /// ([`MessengerError::OutQueueFull`], [`MessengerError::MessageTooLarge`]); from another
+    /// core it is checked on arrival, and dropped and counted
+    /// ([`MessengerCounters::out_queue_drops`]) if it does not fit: use
+    /// [`Messenger::connect`] and [`ConnectionRef::send_async`] to wait for room instead.
     ///
     /// Ordering: messages sent by one thread (or one core) to one connection keep their order.
     /// Sends from different threads or cores reach the connection's core through separate
@@ -522,20 +558,33 @@ impl Messenger {
     fn send(&self, msg: Message, peer: &PeerAddr, peer_type: Option<EntityType>) -> Result<()> {
         self.check_running("send_message")?;
         let peer = self.shared.normalize(peer.clone());
+        let sh = &self.shared;
+        if !sh.is_me(&peer) {
+            sh.out_limits
+                .check_size(&peer.addr, &msg, sh.max_segment_len)?;
+        }
         let core = self.shard_of(&peer);
         let m = self.shared.clone();
-        let send = move || {
-            if let Some(cs) = core_state(&m) {
+        let send = move || match core_state(&m) {
+            Some(cs) => {
                 let c = cs.connect(peer, peer_type);
-                session::deliver(m.id, &c, msg);
+                session::try_deliver(m.id, &c, msg).map_err(|r| r.into_error())
             }
+            None => Ok(()),
         };
         if current_core() == Some(core) {
-            send();
-            Ok(())
-        } else {
-            Ok(self.shared.handle.submit_detached(core, send)?)
+            return send();
         }
+        let counters = self.shared.clone();
+        Ok(self.shared.handle.submit_detached(core, move || {
+            if let Err(e) = send() {
+                counters
+                    .counters
+                    .out_queue_drops
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "message sent from another core dropped");
+            }
+        })?)
     }
 
     /// Close the connection to `peer`, dropping its queue, without `ms_handle_reset`.

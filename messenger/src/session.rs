@@ -12,13 +12,15 @@ use std::sync::Arc;
 use corewire_runtime::{debug_assert_on_core, spawn_local};
 use corewire_transport::{Address, AnyEndpoint, AnyListener, AnyTransport, TransportError};
 
+use crate::backpressure::Room;
 use crate::connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
 use crate::dispatcher::DispatcherChain;
 use crate::driver::{conn_main, drive};
-use crate::error::{MessengerError, Result};
-use crate::io::{FrameReader, LocalNotify, OutQueue};
+use crate::error::{MessengerError, Result, SendRejected};
+use crate::io::{FrameReader, LocalNotify};
 use crate::message::Message;
 use crate::messenger::Shared;
+use crate::outq::{OutQueue, QueueStats};
 use crate::policy::Policy;
 use crate::protocol::handshake::Accepted;
 use crate::protocol::reconnect::{Existing, Role, SessionIds};
@@ -83,15 +85,64 @@ pub(crate) fn with_conn(msgr_id: u64, id: u64, f: impl FnOnce(&Conn)) {
     }
 }
 
-/// Deliver `msg` to `conn` on its owning core (the caller runs there).
-pub(crate) fn deliver(msgr_id: u64, conn: &ConnectionRef, msg: Message) {
+fn lookup_conn(msgr_id: u64, id: u64) -> Option<Rc<Conn>> {
+    lookup(msgr_id).and_then(|cs| cs.conns.borrow().get(&id).cloned())
+}
+
+/// Queue `msg` for `conn` on its owning core (the caller runs there) if it fits its out-queue
+/// limits now ([`crate::backpressure`]); dropped if the connection is gone.
+pub(crate) fn try_deliver(
+    msgr_id: u64,
+    conn: &ConnectionRef,
+    msg: Message,
+) -> std::result::Result<(), SendRejected> {
+    debug_assert_on_core(conn.core());
+    let Some(cs) = lookup(msgr_id) else {
+        return Ok(());
+    };
+    if conn.kind() == ConnKind::Local {
+        cs.deliver_local(conn, msg);
+        return Ok(());
+    }
+    let c = cs.conns.borrow().get(&conn.id()).cloned();
+    match c {
+        Some(c) => c.try_queue(msg),
+        None => Ok(()),
+    }
+}
+
+/// Queue `msg`, sent from another thread that checked the published "full" flag, on the
+/// owning core ([`crate::backpressure`]).
+pub(crate) fn deliver_admitted(msgr_id: u64, conn: &ConnectionRef, msg: Message) {
     debug_assert_on_core(conn.core());
     let Some(cs) = lookup(msgr_id) else { return };
     if conn.kind() == ConnKind::Local {
         cs.deliver_local(conn, msg);
     } else if let Some(c) = cs.conns.borrow().get(&conn.id()).cloned() {
-        c.queue(msg);
+        c.push_admitted(msg);
     }
+}
+
+/// Queue `msg` once it fits, on the owning core; fails if the connection closes first.
+pub(crate) async fn send_wait(msgr_id: u64, conn: &ConnectionRef, msg: Message) -> Result<()> {
+    debug_assert_on_core(conn.core());
+    if conn.kind() == ConnKind::Local {
+        if let Some(cs) = lookup(msgr_id) {
+            cs.deliver_local(conn, msg);
+        }
+        return Ok(());
+    }
+    match lookup_conn(msgr_id, conn.id()) {
+        Some(c) => c.send_wait(msg).await,
+        None => Err(MessengerError::MarkedDown {
+            peer: conn.peer_addr().clone(),
+        }),
+    }
+}
+
+/// The out-queue state of connection `id`, on its owning core.
+pub(crate) fn queue_stats(msgr_id: u64, id: u64) -> Option<QueueStats> {
+    lookup_conn(msgr_id, id).map(|c| c.queue_stats())
 }
 
 /// One messenger's state on one core.
@@ -131,7 +182,7 @@ impl CoreState {
         self.next_id.set(n);
         let id = ((self.core as u64) << 48) | n;
         let m = &self.msgr;
-        ConnectionRef::new(id, self.core, peer, kind, m.id, m.handle.clone())
+        ConnectionRef::new(id, self.core, peer, kind, m)
     }
 
     /// A new connection to `peer`, registered as the one for that peer, driven by its own
@@ -152,7 +203,7 @@ impl CoreState {
             down_flag: Cell::new(false),
             last_keepalive_ack: Cell::new(None),
             chain: m.chain(),
-            max_segment_len: m.max_segment_len,
+            room: Room::default(),
             policy: Cell::new(policy),
             role: Cell::new(role),
             ids: Cell::new(SessionIds::default()),
@@ -268,7 +319,8 @@ pub(crate) struct Conn {
     down_flag: Cell<bool>,
     pub(crate) last_keepalive_ack: Cell<Option<UTime>>,
     pub(crate) chain: DispatcherChain,
-    max_segment_len: u32,
+    /// Senders waiting for room in `out` ([`crate::backpressure`]).
+    pub(crate) room: Room,
     /// The policy for the peer (the default until its type is known).
     pub(crate) policy: Cell<Policy>,
     pub(crate) role: Cell<Role>,
@@ -287,21 +339,8 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn queue(&self, msg: Message) {
-        if self.down_flag.get() {
-            return;
-        }
-        let max = self.max_segment_len as usize;
-        if [&msg.front, &msg.middle, &msg.data]
-            .iter()
-            .any(|s| s.len() > max)
-        {
-            tracing::warn!(peer = %self.cref.peer(), msg_type = msg.msg_type,
-                "message with a segment over {max} bytes dropped (the peer would reject it)");
-            return;
-        }
-        self.out.borrow_mut().push(msg);
-        self.wake.notify();
+    pub(crate) fn is_down(&self) -> bool {
+        self.down_flag.get()
     }
 
     pub(crate) fn request_keepalive(&self) {
@@ -341,6 +380,7 @@ impl Conn {
             lossy: self.lossy(),
             connecting: self.connecting.get(),
             ids: self.ids.get(),
+            sent_seq: self.out.borrow().highest_sent_seq(),
         }
     }
 
@@ -397,6 +437,7 @@ impl Conn {
     /// `reset_session` + `ms_handle_remote_reset`).
     pub(crate) fn remote_reset(&self) {
         let dropped = self.out.borrow_mut().reset_session(true);
+        self.released();
         self.established.set(false);
         tracing::info!(peer = %self.cref.peer(), dropped, "peer reset the session");
         if self.policy.get().resetcheck {

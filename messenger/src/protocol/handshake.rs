@@ -24,7 +24,7 @@
 //! rounds, a session key, the HMAC signature over the pre-auth bytes, and secure mode.
 
 use bytes::Bytes;
-use corewire_transport::{Address, AnyEndpoint};
+use corewire_transport::{Address, AnyEndpoint, Endpoint};
 
 use crate::connection::{PeerAddr, PeerInfo};
 use crate::error::{MessengerError, Result};
@@ -129,6 +129,15 @@ pub(crate) async fn send_frame<F: ControlFrame>(
         .to_wire()
         .map_err(|e| MessengerError::wire(peer, "encoding a handshake frame", e))?;
     write(ep, peer, bufs).await
+}
+
+/// Send a last frame (WAIT, AUTH_BAD_METHOD, IDENT_MISSING_FEATURES) and close: flushed and
+/// shut down (bounded by the idle timeout) before the abort, which drops anything queued.
+pub(crate) async fn send_last_frame<F: ControlFrame>(ep: &AnyEndpoint, rd: &FrameReader, f: &F) {
+    if send_frame(ep, &rd.peer, f).await.is_ok() {
+        let _ = corewire_runtime::timer::timeout(rd.idle, ep.shutdown()).await;
+    }
+    ep.abort();
 }
 
 async fn exchange_banners(ep: &AnyEndpoint, rd: &mut FrameReader, m: &Shared) -> Result<()> {
@@ -398,7 +407,7 @@ pub(crate) async fn server_accept(
             allowed_methods: vec![AUTH_METHOD_NONE],
             allowed_modes: vec![CON_MODE_CRC],
         };
-        let _ = send_frame(ep, &peer, &bad).await;
+        send_last_frame(ep, rd, &bad).await;
         return Err(MessengerError::Handshake {
             peer,
             reason: format!(
@@ -436,7 +445,7 @@ pub(crate) async fn read_client_hello(
         Frame::ClientIdent(c) => {
             let missing = policy.features_required & !c.supported_features;
             if missing != 0 {
-                let _ = send_frame(ep, &peer, &IdentMissingFeatures { features: missing }).await;
+                send_last_frame(ep, rd, &IdentMissingFeatures { features: missing }).await;
                 return Err(MessengerError::MissingFeatures { peer, missing });
             }
             Ok(ClientHello::Ident(c))

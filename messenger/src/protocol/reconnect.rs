@@ -18,6 +18,12 @@
 //! session survives, and both sides agree which without talking. Two SESSION_RECONNECTs of
 //! the same session crossing (same `connect_seq`, both sides reconnecting) are decided the
 //! same way (Ceph's `handle_reconnect` reconnect race).
+//!
+//! A SESSION_RECONNECT whose `msg_seq` (the last message the peer says it received from us)
+//! is beyond the last seq we ever sent on the session is refused (the transport is closed
+//! with [`crate::MessengerError::SeqAhead`], the session keeps its queues): resuming would
+//! take messages as acked that the peer never got. Ceph does not check this
+//! (`discard_requeued_up_to` trusts it); a peer can only send it by being broken or forged.
 
 use crate::wire::{ClientIdent, SessionReconnect};
 
@@ -51,6 +57,8 @@ pub(crate) struct Existing {
     /// Our own attempt to (re)connect to the peer is in flight.
     pub(crate) connecting: bool,
     pub(crate) ids: SessionIds,
+    /// The last message seq we sent on the session (a resuming peer cannot have more).
+    pub(crate) sent_seq: u64,
 }
 
 /// The answer to CLIENT_IDENT.
@@ -117,6 +125,8 @@ pub(crate) enum ReconnectDecision {
     Reset { full: bool },
     /// WAIT: our own reconnect to the peer, racing this one, wins.
     Wait,
+    /// The peer claims messages beyond the last one sent (`sent`): close the transport.
+    SeqAhead { sent: u64 },
 }
 
 /// SESSION_RECONNECT from a peer (the session's client, or its server reconnecting to send).
@@ -142,6 +152,9 @@ pub(crate) fn on_reconnect(
     if r.connect_seq < ex.ids.connect_seq {
         return ReconnectDecision::Retry(ex.ids.connect_seq);
     }
+    if r.msg_seq > ex.sent_seq {
+        return ReconnectDecision::SeqAhead { sent: ex.sent_seq };
+    }
     if ex.connecting && r.connect_seq == ex.ids.connect_seq && we_win_race {
         // Both sides reconnecting at once: ours goes on, the peer waits for it.
         return ReconnectDecision::Wait;
@@ -165,6 +178,7 @@ mod tests {
                 peer_global_seq: 5,
                 connect_seq: 3,
             },
+            sent_seq: 7,
         }
     }
 
@@ -240,6 +254,18 @@ mod tests {
             on_reconnect(Some(&lossy), &reconnect(9, 3), false),
             ReconnectDecision::Reset { full: true }
         );
+        // The peer cannot have received more than we sent.
+        let mut ahead = reconnect(9, 3);
+        ahead.msg_seq = 7;
+        assert_eq!(
+            on_reconnect(Some(&ex), &ahead, false),
+            ReconnectDecision::Resume
+        );
+        ahead.msg_seq = 8;
+        assert_eq!(
+            on_reconnect(Some(&ex), &ahead, false),
+            ReconnectDecision::SeqAhead { sent: 7 }
+        );
     }
 
     #[test]
@@ -258,6 +284,7 @@ mod tests {
             lossy: false,
             connecting: true,
             ids: SessionIds::default(),
+            sent_seq: 0,
         };
         // The race is decided the same way on both sides.
         assert_eq!(

@@ -14,7 +14,7 @@ use corewire_messenger::{
 use corewire_runtime::Runtime;
 use corewire_transport::Address;
 
-use super::{payload, runtime, Harness, Recorder};
+use super::{payload, runtime, send_or_wait, Harness, Recorder};
 
 /// An OSD-type messenger (lossless peer policy towards other OSDs), bound if `bind`.
 pub fn osd<H: Harness>(
@@ -60,7 +60,7 @@ fn lossless_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
     let peer = PeerAddr::new(addr.unwrap(), server.nonce());
     let conn = rt.block_on(client.connect(peer)).unwrap();
     for i in 0..count {
-        conn.send(numbered(i, i % 97)).unwrap();
+        send_or_wait(&rt, &conn, numbered(i, i % 97));
         if i % 4096 == 4095 {
             // Keep the unacked window bounded without a throttle: wait for the server.
             srec.wait_for("progress", |s| s.count + 8192 > i || !s.errors.is_empty());
@@ -401,7 +401,7 @@ pub fn server_side_stream_survives_faults<H: Harness>(h: H) {
     srec.wait_for("the client's hello", |s| s.msgs.len() == 1);
     let to_client = srec.seen.lock().unwrap().msgs[0].0.clone();
     for i in 0..COUNT {
-        to_client.send(numbered(i, 32)).unwrap();
+        send_or_wait(&rt, &to_client, numbered(i, 32));
     }
     crec.wait_for("every message from the server", |s| {
         s.count == COUNT || !s.errors.is_empty()

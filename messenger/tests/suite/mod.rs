@@ -19,8 +19,13 @@ use corewire_transport::{
     Address, AnyTransport, Endpoint, EndpointConfig, Transport, TransportKind,
 };
 
+pub mod bad_session;
 pub mod lossless;
+pub mod outq;
+pub mod raw;
+pub use bad_session::*;
 pub use lossless::*;
+pub use outq::*;
 
 pub trait Harness: Clone + Send + Sync + 'static {
     fn kind(&self) -> TransportKind;
@@ -55,6 +60,16 @@ pub fn runtime() -> Runtime {
         .spin_before_park(Duration::from_micros(20))
         .build()
         .unwrap()
+}
+
+/// Send `msg` on `c`, waiting for room when its out-queue is full.
+pub fn send_or_wait(rt: &Runtime, c: &ConnectionRef, msg: Message) {
+    if let Err(r) = c.try_send(msg) {
+        match r.into_parts() {
+            (MessengerError::OutQueueFull { .. }, Some(m)) => rt.block_on(c.send_async(m)).unwrap(),
+            (e, _) => panic!("send failed: {e}"),
+        }
+    }
 }
 
 pub fn payload(i: usize, len: usize, salt: u8) -> Bytes {
@@ -268,7 +283,7 @@ pub fn ten_thousand_messages_byte_exact_in_order<H: Harness>(h: H) {
             payload(i, m, 2),
             payload(i, d, 3),
         );
-        c.send(msg).unwrap();
+        send_or_wait(&p.rt, &c, msg);
     }
     p.srec
         .wait_for("10k messages", |s| s.count == N || !s.errors.is_empty());
@@ -576,11 +591,20 @@ macro_rules! messenger_tests {
             several_messengers_share_one_runtime,
             server_side_stream_survives_faults,
             connect_to_applies_the_peer_type_policy,
+            out_queue_limit_pushes_back,
+            oversized_message_is_refused,
+            keepalive_flood_keeps_the_queue_small,
+            forged_session_reconnects_get_the_protocol_answer,
+            malformed_session_reconnect_is_a_typed_error,
+            server_vanishing_after_wait_or_retry_does_not_hang,
         );
     };
     // The tests that need `entity_addr_t` to carry the transport's address (tcp, rdma).
     (addressed $h:expr) => {
-        messenger_tests!(@ $h; standby_server_side_reaches_a_restarted_peer);
+        messenger_tests!(@ $h;
+            standby_server_side_reaches_a_restarted_peer,
+            peer_vanishing_after_wait_does_not_hang,
+        );
     };
     (@ $h:expr; $($name:ident),* $(,)?) => {
         $(
