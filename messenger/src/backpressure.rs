@@ -26,9 +26,11 @@
 //!   maximum segment length) is refused on the caller's thread with
 //!   [`MessengerError::MessageTooLarge`], whichever way it is sent, so nothing waits forever.
 //! - [`Messenger::send_message`](crate::Messenger::send_message) from another core has no
-//!   connection to read the flag of: the check runs on arrival, and a message that does not
-//!   fit is dropped, logged and counted (`MessengerCounters::out_queue_drops`). On the owning
-//!   core it fails at once like `try_send`.
+//!   connection to read the flag of and no caller to refuse: the check runs on arrival, and
+//!   a message that does not fit waits for room there as with `send_async` (behind earlier
+//!   waiters, so order holds); only one that cannot be sent at all (closed connection,
+//!   stopped messenger) is dropped, logged and counted (`MessengerCounters::out_queue_drops`).
+//!   On the owning core it fails at once like `try_send`.
 //!
 //! Control frames never queue (see [`crate::outq`]).
 

@@ -169,8 +169,9 @@ pub struct MessengerCounters {
     /// Reconnect attempts of a lossless session in standby because it had something to send
     /// (its server side, or its client under a `standby` policy).
     pub standby_reconnects: u64,
-    /// Messages [`Messenger::send_message`] sent from another core that found the
-    /// connection's out-queue full on arrival, and were dropped ([`crate::backpressure`]).
+    /// Messages [`Messenger::send_message`] sent from another core that could not be queued
+    /// on arrival (connection closed, messenger stopped) and were dropped
+    /// ([`crate::backpressure`]).
     pub out_queue_drops: u64,
 }
 
@@ -529,9 +530,10 @@ impl Messenger {
     /// Send `msg` to `peer`, connecting if needed; fire and forget, from any thread or core.
     /// On the connection's core a message the out-queue cannot take now fails at once
     /// ([`MessengerError::OutQueueFull`], [`MessengerError::MessageTooLarge`]); from another
-    /// core it is checked on arrival, and dropped and counted
-    /// ([`MessengerCounters::out_queue_drops`]) if it does not fit: use
-    /// [`Messenger::connect`] and [`ConnectionRef::send_async`] to wait for room instead.
+    /// core it is checked on arrival and, if the queue is full, waits there for room (as
+    /// [`ConnectionRef::send_async`]; the caller gets no back-pressure, so a producer that
+    /// must not outrun a peer uses `send_async` itself). Only a message that cannot be sent at
+    /// all there is dropped and counted ([`MessengerCounters::out_queue_drops`]).
     ///
     /// Ordering: messages sent by one thread (or one core) to one connection keep their order.
     /// Sends from different threads or cores reach the connection's core through separate
@@ -564,25 +566,40 @@ impl Messenger {
                 .check_size(&peer.addr, &msg, sh.max_segment_len)?;
         }
         let core = self.shard_of(&peer);
-        let m = self.shared.clone();
-        let send = move || match core_state(&m) {
-            Some(cs) => {
-                let c = cs.connect(peer, peer_type);
-                session::try_deliver(m.id, &c, msg).map_err(|r| r.into_error())
-            }
-            None => Ok(()),
-        };
         if current_core() == Some(core) {
-            return send();
+            return match core_state(&self.shared) {
+                Some(cs) => {
+                    let c = cs.connect(peer, peer_type);
+                    session::try_deliver(self.shared.id, &c, msg).map_err(|r| r.into_error())
+                }
+                None => Ok(()),
+            };
         }
-        let counters = self.shared.clone();
+        // From another core there is no caller left to refuse: a message that finds the queue
+        // full waits for room on the owning core (behind earlier waiters, so order holds), as
+        // `ConnectionRef::send_async` would; only a message that cannot be sent at all (the
+        // connection closed, the messenger stopped) is dropped, logged and counted.
+        let m = self.shared.clone();
         Ok(self.shared.handle.submit_detached(core, move || {
-            if let Err(e) = send() {
-                counters
-                    .counters
-                    .out_queue_drops
-                    .fetch_add(1, Ordering::Relaxed);
+            let Some(cs) = core_state(&m) else { return };
+            let c = cs.connect(peer, peer_type);
+            let drop_it = |e: MessengerError| {
+                m.counters.out_queue_drops.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "message sent from another core dropped");
+            };
+            match session::try_deliver(m.id, &c, msg).map_err(|r| r.into_parts()) {
+                Ok(()) => {}
+                Err((MessengerError::OutQueueFull { .. }, Some(msg))) => {
+                    let m2 = m.clone();
+                    spawn_local(async move {
+                        if let Err(e) = session::send_wait(m2.id, &c, msg).await {
+                            m2.counters.out_queue_drops.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "message sent from another core dropped");
+                        }
+                    })
+                    .detach();
+                }
+                Err((e, _)) => drop_it(e),
             }
         })?)
     }

@@ -46,9 +46,8 @@ pub fn out_queue_limit_pushes_back<H: Harness>(h: H) {
         })
     });
     let (client, _, _) = osd(&rt, &h, 1, false, |b| b.out_queue_limits(limits));
-    let conn = rt
-        .block_on(client.connect(PeerAddr::new(addr.unwrap(), server.nonce())))
-        .unwrap();
+    let peer = PeerAddr::new(addr.unwrap(), server.nonce());
+    let conn = rt.block_on(client.connect(peer.clone())).unwrap();
     // The receiver takes HELD messages and stops reading; their acks come back.
     for i in 0..HELD as u64 {
         conn.try_send(msg(i, 100)).unwrap();
@@ -102,9 +101,17 @@ pub fn out_queue_limit_pushes_back<H: Harness>(h: H) {
     });
     assert!(!waiter.is_finished());
     assert!(conn.try_send(msg(next + 1, 100)).is_err(), "no overtaking");
+    // Messenger::send_message from outside the owning core has no caller to refuse: its
+    // messages wait on the owning core behind the waiter, in order, and none is dropped.
+    for tid in next + 1..next + 4 {
+        client.send_message(msg(tid, 100), &peer).unwrap();
+    }
+    eventually("send_message to wait", || {
+        stats(&rt, &conn).waiting_senders == 4
+    });
 
-    // The receiver lets go: everything arrives once, in order, and the waiter is done.
-    let total = HELD + LIMIT + 1;
+    // The receiver lets go: everything arrives once, in order, and the waiters are done.
+    let total = HELD + LIMIT + 4;
     let mut got = Vec::new();
     while got.len() < total {
         srec.wait_for("more messages", |s| !s.msgs.is_empty());
@@ -124,6 +131,7 @@ pub fn out_queue_limit_pushes_back<H: Harness>(h: H) {
     conn.try_send(msg(total as u64, 100)).unwrap();
     srec.wait_for("one more", |s| s.msgs.len() == 1);
     assert_eq!(srec.seen.lock().unwrap().count, total + 1, "no duplicates");
+    assert_eq!(client.counters().out_queue_drops, 0);
     for m in [&client, &server] {
         rt.block_on(m.shutdown()).unwrap();
     }
