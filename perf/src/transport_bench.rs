@@ -172,18 +172,28 @@ impl Recorder {
     }
 }
 
-/// The client side of a workload over any framed endpoint.
+/// The client side of a workload over any framed endpoint. With `alloc`, every request is a
+/// fresh `Endpoint::alloc` buffer (registered memory where the transport has it: a zero-copy
+/// send), not rewritten (as the default reuses one heap buffer without rewriting it).
 async fn drive<E: Endpoint>(
     f: &Framed<E>,
     wl: Workload,
     duration: Duration,
     window: impl FnMut(bool) + 'static,
+    alloc: bool,
 ) -> Measured {
-    let req = Bytes::from(vec![0x5au8; wl.request_size()]);
+    let heap = Bytes::from(vec![0x5au8; wl.request_size()]);
+    let req = || {
+        if alloc {
+            f.endpoint().alloc(wl.request_size()).freeze()
+        } else {
+            heap.clone()
+        }
+    };
     let mut rec = Recorder::new(wl, duration);
     rec.on_window(window);
     for _ in 0..wl.window() {
-        f.send_msg(vec![req.clone()]).await.expect("send");
+        f.send_msg(vec![req()]).await.expect("send");
         rec.sent();
     }
     loop {
@@ -196,7 +206,7 @@ async fn drive<E: Endpoint>(
             }
             return result;
         }
-        f.send_msg(vec![req.clone()]).await.expect("send");
+        f.send_msg(vec![req()]).await.expect("send");
         rec.sent();
     }
 }
@@ -241,6 +251,23 @@ where
     M: Fn() -> T + Send + Clone + 'static,
     W: FnMut(bool) + Send + 'static,
 {
+    corewire_windowed_alloc(make, listen, wl, duration, window, false)
+}
+
+/// [`corewire_windowed`]; with `alloc`, requests come from `Endpoint::alloc` (see [`drive`]).
+pub fn corewire_windowed_alloc<T, M, W>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+    window: W,
+    alloc: bool,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+    W: FnMut(bool) + Send + 'static,
+{
     let (a, b) = bench_cpus();
     let cpus = if a == b { vec![a] } else { vec![a, b] };
     let rt = Runtime::builder()
@@ -271,7 +298,7 @@ where
             let t = make();
             let ep = t.connect(&addr).await.expect("connect");
             let f = Framed::new(ep, MAX_FRAME);
-            drive(&f, wl, duration, window).await
+            drive(&f, wl, duration, window, alloc).await
         }))
         .map_err(io::Error::other)?;
     rt.shutdown().map_err(io::Error::other)?;
