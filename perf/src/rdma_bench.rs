@@ -1,6 +1,9 @@
 //! The RDMA transport benchmark (cargo feature `rdma`): the transport workloads of
 //! [`transport_bench`](crate::transport_bench) (64 B ping-pong, 4 KiB × 16 in flight,
-//! 4 MiB × 4 in flight; client on core 0, server on core 1, one process) over the rdma stack
+//! 4 MiB × 4 in flight with payloads from `Endpoint::alloc` (zero-copy: RDMA WRITE from the
+//! registered pool into the receiver's slabs) and again from one heap buffer (copied into
+//! SEND chunks and out of receive buffers); client on core 0, server on core 1, one process)
+//! over the rdma stack
 //! in each dispatch mode, with the CPU time of every thread over exactly the measured window
 //! (the `rdma-dispatch` thread and the core threads). Needs an RDMA device: run it inside
 //! `scripts/rxe-vm`, or use `scripts/rdma-bench`, which adds perftest in the same guest.
@@ -13,20 +16,43 @@ use corewire_transport::rdma::{set_dispatch, Dispatch, RdmaTransport};
 use corewire_transport::EndpointConfig;
 
 use crate::thread_cpu::{snapshot, window, Snapshot, ThreadUse};
-use crate::transport_bench::{corewire_windowed, Measured, Workload};
+use crate::transport_bench::{corewire_windowed_alloc, Measured, Workload};
+
+/// Where the client's request payloads come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// One heap buffer, sent again and again (the transport copies it).
+    Heap,
+    /// A fresh `Endpoint::alloc` buffer per request (registered: zero-copy).
+    Alloc,
+}
+
+const BIG: Workload = Workload::Stream {
+    size: 4 << 20,
+    inflight: 4,
+};
 
 /// The workloads, in report order.
-pub const WORKLOADS: [Workload; 3] = [
-    Workload::PingPong { size: 64 },
-    Workload::Stream {
-        size: 4096,
-        inflight: 16,
-    },
-    Workload::Stream {
-        size: 4 << 20,
-        inflight: 4,
-    },
+pub const WORKLOADS: [(Workload, Payload); 4] = [
+    (Workload::PingPong { size: 64 }, Payload::Heap),
+    (
+        Workload::Stream {
+            size: 4096,
+            inflight: 16,
+        },
+        Payload::Heap,
+    ),
+    (BIG, Payload::Alloc),
+    (BIG, Payload::Heap),
 ];
+
+/// A workload's label in the report (and the JSON): `, alloc` marks `Payload::Alloc`.
+pub fn label(wl: Workload, p: Payload) -> String {
+    match p {
+        Payload::Heap => wl.label(),
+        Payload::Alloc => format!("{}, alloc", wl.label()),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RdmaBenchConfig {
@@ -41,12 +67,16 @@ pub struct RdmaBenchConfig {
 pub struct RdmaRun {
     pub mode: Dispatch,
     pub wl: Workload,
+    pub payload: Payload,
     pub m: Measured,
     /// Every thread's CPU over the measured window (wall time `m.elapsed`, near enough).
     pub threads: Vec<ThreadUse>,
 }
 
 impl RdmaRun {
+    pub fn label(&self) -> String {
+        label(self.wl, self.payload)
+    }
     pub fn ops_per_sec(&self) -> f64 {
         self.m.ops as f64 / self.m.elapsed.as_secs_f64().max(1e-9)
     }
@@ -72,10 +102,10 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
     let mut out = Vec::new();
     for &mode in &cfg.modes {
         set_dispatch(mode);
-        for wl in WORKLOADS {
+        for (wl, payload) in WORKLOADS {
             let marks: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
             let m2 = marks.clone();
-            let m = corewire_windowed(
+            let m = corewire_windowed_alloc(
                 || {
                     RdmaTransport::new(EndpointConfig {
                         connect_timeout: Duration::from_secs(120),
@@ -86,6 +116,7 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
                 wl,
                 cfg.duration,
                 move |_start| m2.lock().expect("marks").push(snapshot()),
+                payload == Payload::Alloc,
             )?;
             let marks = marks.lock().expect("marks");
             let threads = match marks.as_slice() {
@@ -95,6 +126,7 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
             out.push(RdmaRun {
                 mode,
                 wl,
+                payload,
                 m,
                 threads,
             });
@@ -115,7 +147,7 @@ pub fn render(runs: &[RdmaRun]) -> String {
     for mode in &modes {
         s += &format!("\n## corewire rdma, dispatch = {mode}\n");
         s += &format!(
-            "{:<30} {:>11} {:>9} {:>9} {:>8} {:>10}  {}\n",
+            "{:<37} {:>11} {:>9} {:>9} {:>8} {:>10}  {}\n",
             "", "ops/s", "p50 µs", "p99 µs", "GB/s", "CPU µs/op", "CPU % per thread"
         );
         for r in runs.iter().filter(|r| r.mode == *mode) {
@@ -125,8 +157,8 @@ pub fn render(runs: &[RdmaRun]) -> String {
                 .map(|t| format!("{} {:.0}%", t.name, t.pct))
                 .collect();
             s += &format!(
-                "{:<30} {:>11.0} {:>9.2} {:>9.2} {:>8.3} {:>10.2}  {}\n",
-                r.wl.label(),
+                "{:<37} {:>11.0} {:>9.2} {:>9.2} {:>8.3} {:>10.2}  {}\n",
+                r.label(),
                 r.ops_per_sec(),
                 us(r.m.hist.value_at_quantile(0.5)),
                 us(r.m.hist.value_at_quantile(0.99)),
@@ -140,7 +172,7 @@ pub fn render(runs: &[RdmaRun]) -> String {
     if !pairs.is_empty() {
         s += "\n## sharded / central (throughput, same run)\n";
         for (wl, ratio) in pairs {
-            s += &format!("{:<30} {:>6.2}x\n", wl.label(), ratio);
+            s += &format!("{:<37} {:>6.2}x\n", wl, ratio);
         }
     }
     s += "(ops: round trips for ping-pong, messages for streams; CPU: every thread of the \
@@ -148,16 +180,15 @@ pub fn render(runs: &[RdmaRun]) -> String {
     s
 }
 
-/// Sharded ops/s divided by central ops/s, per workload measured in both modes.
-pub fn ratios(runs: &[RdmaRun]) -> Vec<(Workload, f64)> {
-    let find = |mode, i: usize| {
-        runs.iter()
-            .find(|r| r.mode == mode && r.wl.label() == WORKLOADS[i].label())
-    };
-    (0..WORKLOADS.len())
-        .filter_map(|i| {
-            let (a, b) = (find(Dispatch::Sharded, i)?, find(Dispatch::Central, i)?);
-            Some((WORKLOADS[i], a.ops_per_sec() / b.ops_per_sec()))
+/// Sharded ops/s divided by central ops/s, per workload (label) measured in both modes.
+pub fn ratios(runs: &[RdmaRun]) -> Vec<(String, f64)> {
+    let find = |mode, l: &str| runs.iter().find(|r| r.mode == mode && r.label() == l);
+    WORKLOADS
+        .iter()
+        .filter_map(|&(wl, p)| {
+            let l = label(wl, p);
+            let (a, b) = (find(Dispatch::Sharded, &l)?, find(Dispatch::Central, &l)?);
+            Some((l, a.ops_per_sec() / b.ops_per_sec()))
         })
         .collect()
 }
@@ -168,7 +199,7 @@ pub fn json(runs: &[RdmaRun]) -> serde_json::Value {
         .map(|r| {
             serde_json::json!({
                 "dispatch": r.mode.as_str(),
-                "workload": r.wl.label(),
+                "workload": r.label(),
                 "ops": r.m.ops,
                 "elapsed_s": r.m.elapsed.as_secs_f64(),
                 "ops_per_sec": r.ops_per_sec(),
@@ -184,7 +215,7 @@ pub fn json(runs: &[RdmaRun]) -> serde_json::Value {
         .collect();
     let ratios: Vec<serde_json::Value> = ratios(runs)
         .into_iter()
-        .map(|(wl, x)| serde_json::json!({"workload": wl.label(), "sharded_over_central": x}))
+        .map(|(wl, x)| serde_json::json!({"workload": wl, "sharded_over_central": x}))
         .collect();
     serde_json::json!({ "runs": rows, "ratios": ratios })
 }

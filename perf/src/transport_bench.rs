@@ -285,6 +285,29 @@ where
     run_corewire(make, listen, wl, duration, Payload::Shared, window)
 }
 
+/// [`corewire_windowed`]; with `alloc`, requests come from `Endpoint::alloc`
+/// ([`Payload::Alloc`]).
+pub fn corewire_windowed_alloc<T, M, W>(
+    make: M,
+    listen: Address,
+    wl: Workload,
+    duration: Duration,
+    window: W,
+    alloc: bool,
+) -> io::Result<Measured>
+where
+    T: Transport,
+    M: Fn() -> T + Send + Clone + 'static,
+    W: FnMut(bool) + Send + 'static,
+{
+    let payload = if alloc {
+        Payload::Alloc
+    } else {
+        Payload::Shared
+    };
+    run_corewire(make, listen, wl, duration, payload, window)
+}
+
 fn run_corewire<T, M, W>(
     make: M,
     listen: Address,

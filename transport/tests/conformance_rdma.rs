@@ -54,6 +54,9 @@ impl conformance::Harness for Rdma {
     fn listen_addr(&self) -> Address {
         rdma_env::listen_addr()
     }
+    fn registered_alloc(&self) -> bool {
+        true
+    }
 }
 
 /// Without a device: connecting must fail with `NoRdmaDevice` naming the device.

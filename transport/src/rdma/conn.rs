@@ -2,7 +2,9 @@
 //!
 //! # Send path
 //! `send`/`try_send` queue `Bytes` in the bounded [`SendQueue`] and mark the connection dirty;
-//! at the core poller's next turn [`Conn::pump`] copies as much of the queue as credits,
+//! at the core poller's next turn `Conn::pump` ([`crate::rdma::pump`]) sends pieces that lie
+//! in the core's registered pool by RDMA WRITE WITH IMM without a copy
+//! ([`crate::rdma::zerocopy`]), and copies as much of the rest of the queue as credits,
 //! send-queue slots and pool chunks allow into SEND WITH IMM messages of at most the peer's
 //! buffer size (many small user buffers merge into one message; a message of at most
 //! `max_inline_data` bytes goes inline, without a chunk) and posts them all as one chain: one
@@ -15,10 +17,13 @@
 //! region of its own) on its own receive queue, and advertises that many credits. The sender
 //! spends one credit per message; the receiver reposts a buffer when `recv` has copied its
 //! bytes out (or at once, for a message without payload) and returns the credits in the
-//! immediate data of its next message (low 16 bits; bit 31 marks end of stream), or in a
+//! immediate data of its next message (low 16 bits; bit 31 marks end of stream, bit 30 an
+//! advertisement, bits 16..30 of a WRITE the slab number), or in a
 //! credit-only message (zero-length SEND WITH IMM) once [`CREDIT_THRESHOLD`] are owed.
-//! Deadlock freedom: data and end-of-stream messages never spend the last credit, which stays
-//! reserved for a credit-only message, and a credit-only message is only sent when at least
+//! A WRITE WITH IMM consumes a receive too (its buffer untouched, reposted at once) and so
+//! spends a credit like a SEND; advertisements of receive slabs are SENDs like data.
+//! Deadlock freedom: data, advertisement and end-of-stream messages never spend the last
+//! credit, which stays reserved for a credit-only message, and a credit-only message is only sent when at least
 //! [`CREDIT_THRESHOLD`] ≥ 2 credits are owed (so credit-only traffic cannot ping-pong). No
 //! SEND is ever posted without a credit, so RNR NAKs do not happen in normal operation.
 //!
@@ -48,8 +53,9 @@ use crate::error::{Result, TransportError};
 use crate::rdma::core::{CoreRdma, CHUNK};
 use crate::rdma::handoff::SideCtl;
 use crate::rdma::verbs::{
-    MemoryRegion, QueuePair, RecvWr, SendOp, SendWr, Sge, WcStatus, WorkCompletion,
+    MemoryRegion, QueuePair, RecvWr, Sge, WcOpcode, WcStatus, WorkCompletion,
 };
+use crate::rdma::zerocopy::{Ready, ZcConn, IMM_ADV};
 use crate::sendq::SendQueue;
 use crate::stack::EndpointConfig;
 
@@ -62,14 +68,14 @@ pub(crate) const SQ_DEPTH: u32 = 64;
 /// CQ entries one connection's QP may produce (its send and receive queues, drain markers).
 pub(crate) const QP_CQ_BUDGET: u32 = SQ_DEPTH + RECV_BUFS + 2;
 /// Signal at least every this many send requests.
-const SIGNAL_EVERY: u64 = 16;
+pub(super) const SIGNAL_EVERY: u64 = 16;
 /// Most bytes one `recv` copies out (several received messages merge into one chunk).
 pub(super) const RECV_MERGE: usize = 256 << 10;
 /// `wr_id` bit of receives (sends use a sequence number below it).
 pub(super) const RECV_BIT: u64 = 1 << 62;
 /// Immediate data: end of stream.
 pub(super) const IMM_EOS: u32 = 1 << 31;
-const IMM_CREDITS: u32 = 0xffff;
+pub(super) const IMM_CREDITS: u32 = 0xffff;
 /// How long a side-channel hang-up waits for an end-of-stream message still in flight.
 const HUP_GRACE: Duration = Duration::from_millis(200);
 
@@ -121,14 +127,13 @@ pub(crate) struct Conn {
     pub(super) msg_max: Cell<usize>,
     pub(super) credits: Cell<u32>,
     pub(super) sq_used: Cell<u32>,
-    next_seq: Cell<u64>,
-    /// Posted sends not yet released: sequence number, pool chunk, carries data (or end of
-    /// stream) rather than credits only.
-    pub(super) inflight: RefCell<VecDeque<(u64, Option<u32>, bool)>>,
+    pub(super) next_seq: Cell<u64>,
+    /// Posted sends not yet released.
+    pub(super) inflight: RefCell<VecDeque<InFlight>>,
     pub(super) eos_wanted: Cell<bool>,
     pub(super) eos_posted: Cell<bool>,
-    /// Received messages not yet returned by `recv`: buffer index and length.
-    pub(super) ready: RefCell<VecDeque<(u32, u32)>>,
+    /// Received messages not yet returned by `recv`, in stream order.
+    pub(super) ready: RefCell<VecDeque<Ready>>,
     /// Bytes received before a move to this core, returned by `recv` before anything else.
     pub(super) carried: RefCell<VecDeque<Bytes>>,
     /// Buffers copied out while there was no QP to post them on (during a move).
@@ -145,6 +150,19 @@ pub(crate) struct Conn {
     pub(super) rx_waker: RefCell<Option<Waker>>,
     pub(super) sent_wakers: RefCell<Vec<Waker>>,
     pub(super) closed: Cell<bool>,
+    /// Zero-copy large payloads ([`crate::rdma::zerocopy`]).
+    pub(super) zc: ZcConn,
+}
+
+/// A posted send not yet released by a completion.
+pub(super) struct InFlight {
+    pub seq: u64,
+    /// The send-pool chunk its payload was copied into.
+    pub chunk: Option<u32>,
+    /// Carries data or end of stream, rather than credits or advertisements only.
+    pub data: bool,
+    /// A WRITE's source, kept until the adapter has read it.
+    pub _pin: Option<Bytes>,
 }
 
 pub(crate) struct ConnParts {
@@ -157,6 +175,8 @@ pub(crate) struct ConnParts {
     pub cfg: EndpointConfig,
     pub peer_credits: u32,
     pub peer_buf: usize,
+    /// The peer advertises zero-copy receive buffers.
+    pub peer_zc: bool,
 }
 
 impl Conn {
@@ -195,6 +215,10 @@ impl Conn {
             rx_waker: RefCell::new(None),
             sent_wakers: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            zc: ZcConn {
+                peer_zc: Cell::new(p.peer_zc),
+                ..ZcConn::default()
+            },
         }
     }
 
@@ -293,32 +317,73 @@ impl Conn {
         }
         let idx = (wc.wr_id() & 0xffff_ffff) as u32;
         let imm = wc.imm_data().unwrap_or(0);
-        if imm & IMM_EOS != 0 || wc.byte_len() > 0 {
-            self.data_recvd.set(self.data_recvd.get() + 1);
-        }
+        let len = wc.byte_len();
         let got = imm & IMM_CREDITS;
         if got > 0 {
             self.credits.set(self.credits.get() + got);
-            if !self.sendq.is_empty() || self.eos_wanted.get() {
+            let waiting = !self.sendq.is_empty()
+                || self.eos_wanted.get()
+                || !self.zc.to_advertise.borrow().is_empty();
+            if waiting {
                 core.mark_dirty(self);
             }
         }
-        if imm & IMM_EOS != 0 || wc.byte_len() == 0 {
-            // End of stream or credit-only: nothing for `recv`, repost at once.
-            if imm & IMM_EOS != 0 {
-                self.eof.set(true);
+        let entry = if wc.opcode() == WcOpcode::RecvRdmaWithImm {
+            match self.on_write(imm, len) {
+                Ok(r) => Some(r),
+                Err(what) => return self.fail(Dead::Malformed(what)),
             }
+        } else if imm & IMM_ADV != 0 {
+            match self.recv_payload(idx, len) {
+                Some(p) => self.on_adv(core, &p),
+                None => {
+                    return self.fail(Dead::Malformed(format!(
+                        "rdma ADV of {len} bytes, over the {CHUNK}-byte buffer"
+                    )))
+                }
+            }
+            if self.dead.borrow().is_some() {
+                return;
+            }
+            None
+        } else if imm & IMM_EOS != 0 {
+            self.eof.set(true);
+            self.data_recvd.set(self.data_recvd.get() + 1);
+            None
+        } else if len == 0 {
+            None // credit-only
+        } else {
+            Some(Ready::Small(idx, len))
+        };
+        if let Some(r) = entry {
+            self.data_recvd.set(self.data_recvd.get() + 1);
+            self.ready.borrow_mut().push_back(r);
+        }
+        if !matches!(entry, Some(Ready::Small(..))) {
+            // Nothing of the buffer for `recv`: repost it at once.
             if let Err(e) = self.post_recvs(&[idx]) {
                 self.fail(Dead::Reset(e.to_string()));
                 return;
             }
             self.owe(core, 1);
-        } else {
-            self.ready.borrow_mut().push_back((idx, wc.byte_len()));
         }
         if let Some(w) = self.rx_waker.borrow_mut().take() {
             w.wake();
         }
+    }
+
+    /// A copy of the `len` bytes received into buffer `idx`, if they fit in it.
+    fn recv_payload(&self, idx: u32, len: u32) -> Option<Vec<u8>> {
+        let at = idx as usize * CHUNK;
+        if len as usize > CHUNK || at + CHUNK > self.recv_mr.len() {
+            return None;
+        }
+        // SAFETY: buffer `idx` completed (its completion is being handled) and is reposted
+        // only after this copy; `len` bytes of it were written by the adapter and lie inside
+        // the region (checked above).
+        let src =
+            unsafe { std::slice::from_raw_parts(self.recv_mr.as_ptr().add(at), len as usize) };
+        Some(src.to_vec())
     }
 
     pub(super) fn owe(self: &Rc<Self>, core: &CoreRdma, n: u32) {
@@ -333,9 +398,9 @@ impl Conn {
         let mut freed = false;
         {
             let mut inflight = self.inflight.borrow_mut();
-            while inflight.front().is_some_and(|&(s, _, _)| s <= seq) {
-                let (_, chunk, _) = inflight.pop_front().expect("front");
-                if let Some(c) = chunk {
+            while inflight.front().is_some_and(|f| f.seq <= seq) {
+                let f = inflight.pop_front().expect("front");
+                if let Some(c) = f.chunk {
                     core.pool.put(c);
                     freed = true;
                 }
@@ -355,7 +420,10 @@ impl Conn {
             }
             return;
         }
-        if !self.sendq.is_empty() || (self.eos_wanted.get() && !self.eos_posted.get()) {
+        if !self.sendq.is_empty()
+            || (self.eos_wanted.get() && !self.eos_posted.get())
+            || !self.zc.to_advertise.borrow().is_empty()
+        {
             core.mark_dirty(self);
         }
         if self.inflight.borrow().is_empty() {
@@ -394,153 +462,6 @@ impl Conn {
         }
     }
 
-    /// Posts what can be posted now as one chain; returns whether anything was posted.
-    pub(crate) fn pump(self: &Rc<Self>, core: &CoreRdma) -> bool {
-        if self.dead.borrow().is_some() || self.phase.get() != Phase::Live {
-            return false;
-        }
-        let qp_ref = self.qp.borrow();
-        let Some(qp) = qp_ref.as_ref() else {
-            return false;
-        };
-        // Message plan: (imm, where the payload is, length).
-        enum Src {
-            None,
-            Inline(usize),
-            Chunk(u32),
-        }
-        let mut plan: Vec<(u32, Src, usize)> = Vec::new();
-        let mut scratch: Vec<u8> = Vec::new();
-        let mut taken: VecDeque<Bytes> = if self.sendq.is_empty() {
-            VecDeque::new()
-        } else {
-            self.sendq.take_batch(usize::MAX).into()
-        };
-        let mut queued: usize = taken.iter().map(Bytes::len).sum();
-        let mut credits = self.credits.get();
-        let mut slots = SQ_DEPTH - self.sq_used.get();
-        let mut starved = false;
-        let take_owed = || {
-            let owed = self.owed.replace(0);
-            let give = owed.min(IMM_CREDITS);
-            self.owed.set(owed - give);
-            give
-        };
-        while slots > 0 {
-            if queued > 0 && credits >= 2 {
-                let len = queued.min(self.msg_max.get());
-                let src = if len <= self.max_inline.get() {
-                    let at = scratch.len();
-                    copy_out(&mut taken, len, |piece| scratch.extend_from_slice(piece));
-                    Src::Inline(at)
-                } else {
-                    let Some(c) = core.pool.get() else {
-                        starved = true;
-                        break;
-                    };
-                    let dst = core.pool.chunk_ptr(c);
-                    let mut off = 0;
-                    copy_out(&mut taken, len, |piece| {
-                        // SAFETY: chunk `c` was just taken from the free list, so no posted
-                        // request names it; `off + piece.len() <= len <= CHUNK`, inside it.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(piece.as_ptr(), dst.add(off), piece.len())
-                        };
-                        off += piece.len();
-                    });
-                    Src::Chunk(c)
-                };
-                queued -= len;
-                plan.push((take_owed(), src, len));
-            } else if queued == 0 && self.eos_wanted.get() && !self.eos_posted.get() && credits >= 2
-            {
-                self.eos_posted.set(true);
-                plan.push((IMM_EOS | take_owed(), Src::None, 0));
-            } else if self.owed.get() >= CREDIT_THRESHOLD && credits >= 1 {
-                plan.push((take_owed(), Src::None, 0));
-            } else {
-                break;
-            }
-            credits -= 1;
-            slots -= 1;
-        }
-        // Whatever did not fit goes back to the front of the queue.
-        if !taken.is_empty() {
-            self.sendq.unshift(taken.into());
-        }
-        self.sendq.batch_done();
-        if starved {
-            core.mark_starved(self);
-        }
-        if plan.is_empty() {
-            return false;
-        }
-        let lkey = core.pool.lkey();
-        let sges: Vec<Option<Sge>> = plan
-            .iter()
-            .map(|(_, src, len)| match *src {
-                Src::None => None,
-                Src::Inline(at) => Some(Sge {
-                    addr: scratch[at..].as_ptr() as u64,
-                    len: *len as u32,
-                    lkey: 0,
-                }),
-                Src::Chunk(c) => Some(Sge {
-                    addr: core.pool.chunk_ptr(c) as u64,
-                    len: *len as u32,
-                    lkey,
-                }),
-            })
-            .collect();
-        let n = plan.len();
-        let first = self.next_seq.get();
-        let wrs: Vec<SendWr<'_>> = plan
-            .iter()
-            .zip(&sges)
-            .enumerate()
-            .map(|(i, ((imm, _, _), sge))| {
-                let seq = first + i as u64;
-                SendWr {
-                    wr_id: seq,
-                    op: SendOp::SendWithImm(*imm),
-                    sges: sge.as_slice(),
-                    signaled: seq % SIGNAL_EVERY == 0 || i + 1 == n,
-                    solicited: false,
-                }
-            })
-            .collect();
-        // SAFETY: inline payloads (at most `max_inline_data` bytes) are copied by the post
-        // itself out of `scratch`, alive until it returns. Chunk payloads name pool chunks of
-        // the core's send pool (registered in this QP's PD), owned by this connection from
-        // here until the signaled completion covering them is polled or the QP is destroyed
-        // (`inflight` keeps them; `close` returns them only after the QP is gone).
-        let r = unsafe { qp.post_send(&wrs) };
-        drop(qp_ref);
-        {
-            let mut inflight = self.inflight.borrow_mut();
-            for (i, (imm, src, len)) in plan.iter().enumerate() {
-                let chunk = match *src {
-                    Src::Chunk(c) => Some(c),
-                    _ => None,
-                };
-                let data = *len > 0 || imm & IMM_EOS != 0;
-                if data {
-                    self.data_sent.set(self.data_sent.get() + 1);
-                }
-                inflight.push_back((first + i as u64, chunk, data));
-            }
-        }
-        self.next_seq.set(first + n as u64);
-        self.sq_used.set(self.sq_used.get() + n as u32);
-        self.credits.set(credits);
-        if let Err(e) = r {
-            // Some may have been posted: the chunks stay in `inflight` and come back when the
-            // QP (moved to ERR now) flushes or is destroyed.
-            self.fail(Dead::Reset(e.to_string()));
-        }
-        true
-    }
-
     /// The side channel hung up (EOF or error).
     pub(crate) async fn on_hup(self: &Rc<Self>, core: &CoreRdma, why: String) {
         if self.closed.get() || self.dead.borrow().is_some() {
@@ -569,8 +490,8 @@ impl Conn {
         core.remove(self.qpn.get());
         let qp = self.qp.borrow_mut().take();
         let wcs = qp.map(QueuePair::close).unwrap_or_default();
-        for (_, chunk, _) in self.inflight.borrow_mut().drain(..) {
-            if let Some(c) = chunk {
+        for f in self.inflight.borrow_mut().drain(..) {
+            if let Some(c) = f.chunk {
                 core.pool.put(c);
             }
         }
@@ -590,34 +511,21 @@ impl Conn {
         self.side.stop();
         let _ = self.stream.shutdown(Shutdown::Both);
         drop(self.retire_qp(core)); // moves to ERR, drains, destroys
+        self.release_slabs(core); // the peer can no longer write them
         core.release_cq(QP_CQ_BUDGET);
     }
 }
 
-/// Takes `len` bytes off the front of `q`, handing them to `f` piece by piece.
-fn copy_out(q: &mut VecDeque<Bytes>, mut len: usize, mut f: impl FnMut(&[u8])) {
-    while len > 0 {
-        let front = q.front_mut().expect("enough bytes queued");
-        if front.len() <= len {
-            len -= front.len();
-            f(front);
-            q.pop_front();
-        } else {
-            let head = front.split_to(len);
-            f(&head);
-            len = 0;
-        }
-    }
-}
-
 impl Conn {
-    /// Copies received messages off the front of `ready` into `out` (at least one, then up
-    /// to `max` bytes in all); returns their buffer indices, not yet reposted.
+    /// Copies received messages in receive buffers off the front of `ready` into `out` (at
+    /// least one, then up to `max` bytes in all; stops at a written slab); returns their
+    /// buffer indices, not yet reposted.
     pub(super) fn copy_ready(&self, out: &mut BytesMut, max: usize) -> Vec<u32> {
         let mut ready = self.ready.borrow_mut();
         let mut idxs = Vec::new();
-        while let Some(&(idx, len)) = ready.front() {
-            if !out.is_empty() && out.len() + len as usize > max {
+        let before = out.len();
+        while let Some(&Ready::Small(idx, len)) = ready.front() {
+            if out.len() > before && out.len() + len as usize > max {
                 break;
             }
             ready.pop_front();
@@ -631,6 +539,8 @@ impl Conn {
             out.extend_from_slice(src);
             idxs.push(idx);
         }
+        let n = (out.len() - before) as u64;
+        self.zc.count(|s| s.recv_copied_bytes += n);
         idxs
     }
 }

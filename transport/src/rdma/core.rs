@@ -19,6 +19,7 @@ use crate::error::{Result, TransportError};
 use crate::rdma::central::{self, Inbox};
 use crate::rdma::conn::Conn;
 use crate::rdma::dispatch::{dispatch, Dispatch};
+use crate::rdma::pool::{returns_task, Pool};
 use crate::rdma::verbs::{
     Access, CompletionQueue, Context, MemoryRegion, ProtectionDomain, WorkCompletion,
 };
@@ -63,6 +64,9 @@ pub(crate) struct CoreRdma {
     /// One CQ for sends and receives of every QP of this core.
     pub cq: Rc<CompletionQueue>,
     pub pool: SendPool,
+    /// The zero-copy large-buffer pool ([`crate::rdma::pool`]); `None` if it could not be
+    /// registered (e.g. the memlock limit), in which case every payload is copied.
+    pub zc: Option<Pool>,
     /// Connections by QP number.
     conns: RefCell<HashMap<u32, Rc<Conn>>>,
     /// CQ entries promised to live QPs (so the shared CQ cannot overflow).
@@ -99,6 +103,13 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
         Dispatch::Central => Some(central::attach(&cq)?),
     };
     let mr = MemoryRegion::new(&pd, POOL_CHUNKS * CHUNK, Access::LOCAL_WRITE)?;
+    let zc = match Pool::new(&pd) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "rdma: no zero-copy pool on this core; payloads are copied");
+            None
+        }
+    };
     let core = Rc::new(CoreRdma {
         pd,
         cq,
@@ -106,6 +117,7 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
             mr,
             free: RefCell::new((0..POOL_CHUNKS as u32).rev().collect()),
         },
+        zc,
         conns: RefCell::new(HashMap::new()),
         cq_budget: Cell::new(0),
         dirty: RefCell::new(Vec::new()),
@@ -116,6 +128,12 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
     });
     let reg = register_poller(core.clone())?;
     *core.reg.borrow_mut() = Some(reg);
+    if core.zc.is_some() {
+        // On a core (`register_poller` succeeded), so this spawns.
+        if let Ok(t) = corewire_runtime::try_spawn_local(returns_task(Rc::downgrade(&core))) {
+            t.detach();
+        }
+    }
     CORES.with(|m| m.borrow_mut().insert(k, core.clone()));
     Ok(core)
 }

@@ -13,7 +13,9 @@ use crate::error::{Result, TransportError};
 use crate::rdma::conn::{Conn, Dead, RECV_MERGE};
 use crate::rdma::core::CoreRdma;
 use crate::rdma::handoff::RdmaTransfer;
+use crate::rdma::zerocopy::{RdmaZcStats, Ready};
 use crate::stack::Endpoint;
+use crate::txbuf::TxBuf;
 
 /// An RDMA connection owned by one core. Dropping it aborts the connection.
 pub struct RdmaEndpoint {
@@ -36,11 +38,27 @@ impl RdmaEndpoint {
         })
     }
 
-    /// Copies out the received messages (up to [`RECV_MERGE`] bytes) and reposts their
-    /// buffers.
+    /// The next chunk of the stream: a written slab as it is (zero-copy), or the received
+    /// messages in front of the next slab copied out (up to [`RECV_MERGE`] bytes) with their
+    /// buffers reposted.
     fn take_ready(&self) -> Option<Result<Bytes>> {
         let c = &self.conn;
         if let Some(b) = c.carried.borrow_mut().pop_front() {
+            return Some(Ok(b));
+        }
+        let front = c.ready.borrow().front().copied();
+        if let Some(Ready::Large(s, len)) = front {
+            c.ready.borrow_mut().pop_front();
+            let Some(pool) = self.core.zc.as_ref() else {
+                // Unreachable: slabs are only advertised from a pool.
+                c.fail(Dead::Reset("rdma: written slab without a pool".into()));
+                return Some(Err(self.closed_err()));
+            };
+            // SAFETY: the WRITE into slab `s` completed (its completion was polled, which
+            // queued it in `ready`); the slab is re-advertised only when the returned `Bytes`
+            // are all dropped (their keep returns it), and `on_write` checked `len <= SLAB`.
+            let b = unsafe { pool.rx_bytes(s, len as usize) };
+            c.zc.count(|st| st.recv_zero_copy_bytes += u64::from(len));
             return Some(Ok(b));
         }
         let mut out = BytesMut::new();
@@ -150,6 +168,15 @@ impl Endpoint for RdmaEndpoint {
         let _ = self.conn.stream.shutdown(Shutdown::Both);
     }
 
+    /// A buffer in the core's registered pool (zero-copy by RDMA WRITE when sent on this
+    /// core), or on the heap: see [`crate::rdma::pool`] for the size classes and fallback.
+    fn alloc(&self, len: usize) -> TxBuf {
+        match &self.core.zc {
+            Some(p) => p.alloc(&self.core, len),
+            None => TxBuf::heap(len),
+        }
+    }
+
     fn peer_addr(&self) -> &Address {
         &self.conn.peer
     }
@@ -177,6 +204,15 @@ impl RdmaEndpoint {
             Some(qp) => qp.to_error(),
             None => Ok(()),
         }
+    }
+}
+
+impl RdmaEndpoint {
+    /// Test and benchmark hook, not API: the zero-copy counters of this endpoint (since it
+    /// was created or attached).
+    #[doc(hidden)]
+    pub fn zc_stats(&self) -> RdmaZcStats {
+        self.conn.zc.stats.get()
     }
 }
 

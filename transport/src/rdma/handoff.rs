@@ -27,6 +27,13 @@
 //!    with its parameters, and waits for the mover's `READY` byte before posting again.
 //! 4. The mover connects its QP, sends `READY` and both sides continue with fresh credits.
 //!
+//! Zero-copy state (registered memory is per core): a WRITE queued or in flight refuses the
+//! move like any send. On the move both sides forget the peer's slab advertisements; the
+//! mover copies written but unreturned slabs into the transfer and gives its slabs back to
+//! the old core (slabs still held by the user go back there when dropped), reserves slabs on
+//! the target core and advertises them once live; the staying side re-advertises its own on
+//! the new QP. See [`crate::rdma::zerocopy`].
+//!
 //! The peer's old QP may notice the mover's teardown first (a send retried to exhaustion):
 //! a failed completion while live therefore holds the connection ([`Phase::Broken`]) for
 //! [`MOVE_GRACE`] waiting for a MOVE before it resets. A malformed MOVE or MOVED, unexpected
@@ -52,8 +59,9 @@ use crate::rdma::conn::{Conn, ConnParts, Dead, Phase, IMM_EOS, QP_CQ_BUDGET, REC
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
 use crate::rdma::endpoint::RdmaEndpoint;
 use crate::rdma::setup::{MoveMsg, MOVED_MAGIC, MOVE_LOST, MOVE_MAGIC, MOVE_OK, READY};
-use crate::rdma::stack::{create_qp, create_recv_mr};
-use crate::rdma::verbs::WorkCompletion;
+use crate::rdma::stack::{create_qp, create_recv_mr, RxSlabs};
+use crate::rdma::verbs::{WcOpcode, WorkCompletion};
+use crate::rdma::zerocopy::{Ready, IMM_ADV};
 use crate::stack::{EndpointConfig, Transfer};
 
 /// How long the peer of a moved endpoint waits for the data messages the mover sent on the
@@ -87,6 +95,7 @@ pub struct RdmaTransfer {
     cfg: EndpointConfig,
     pending: VecDeque<Bytes>,
     eof: bool,
+    peer_zc: bool,
     data_sent: u64,
     data_recvd: u64,
 }
@@ -111,7 +120,7 @@ pub(crate) fn detach(
             ep,
         );
     }
-    let data_inflight = c.inflight.borrow().iter().any(|&(_, _, data)| data);
+    let data_inflight = c.inflight.borrow().iter().any(|f| f.data);
     if !c.sendq.is_empty() || c.sendq.is_inflight() || data_inflight {
         return refuse(
             "cannot move an endpoint with a send queued or in flight",
@@ -135,11 +144,13 @@ pub(crate) fn detach(
         absorb_drained(c, &wc);
     }
     let mut pending = std::mem::take(&mut *c.carried.borrow_mut());
-    let mut out = BytesMut::new();
-    c.copy_ready(&mut out, usize::MAX);
+    let out = copy_all_ready(c, core);
     if !out.is_empty() {
-        pending.push_back(out.freeze());
+        pending.push_back(out);
     }
+    // The old QP is gone: its slabs go back to this core (held ones when the user drops
+    // them); the target core advertises its own.
+    c.release_slabs(core);
     let t = RdmaTransfer {
         stream,
         peer: c.peer.clone(),
@@ -147,6 +158,7 @@ pub(crate) fn detach(
         cfg: c.cfg.clone(),
         pending,
         eof: c.eof.get(),
+        peer_zc: c.zc.peer_zc.get(),
         data_sent: c.data_sent.get(),
         data_recvd: c.data_recvd.get(),
     };
@@ -159,18 +171,53 @@ pub(crate) fn detach(
     Ok(t)
 }
 
+/// Copies out everything received and not yet returned, in order (written slabs included:
+/// their memory stays on this core).
+fn copy_all_ready(c: &Conn, core: &CoreRdma) -> Bytes {
+    let mut out = BytesMut::new();
+    loop {
+        c.copy_ready(&mut out, usize::MAX);
+        let front = c.ready.borrow().front().copied();
+        let (Some(Ready::Large(s, len)), Some(pool)) = (front, core.zc.as_ref()) else {
+            break;
+        };
+        c.ready.borrow_mut().pop_front();
+        // SAFETY: the WRITE into slab `s` completed (drained or polled) and the QP is gone;
+        // the slab is released (by `release_slabs`) only after this copy; `len <= SLAB`
+        // was checked by `on_write`.
+        unsafe { pool.rx_copy(s, len as usize, &mut out) };
+        c.zc.count(|st| st.recv_copied_bytes += u64::from(len));
+        pool.release_rx([s]);
+    }
+    out.freeze()
+}
+
 /// Keeps the data of a receive that completed while its QP was being retired.
+/// Advertisements are ignored: a move resets them.
 fn absorb_drained(c: &Conn, wc: &WorkCompletion) {
     if !wc.is_success() || wc.wr_id() & RECV_BIT == 0 {
         return;
     }
     let imm = wc.imm_data().unwrap_or(0);
-    if imm & IMM_EOS != 0 {
+    if wc.opcode() == WcOpcode::RecvRdmaWithImm {
+        match c.on_write(imm, wc.byte_len()) {
+            Ok(r) => {
+                c.ready.borrow_mut().push_back(r);
+                c.data_recvd.set(c.data_recvd.get() + 1);
+            }
+            // Not counted: the loss check turns it into a reset.
+            Err(what) => tracing::debug!(peer = %c.peer, %what, "rdma: bad WRITE while retiring"),
+        }
+    } else if imm & IMM_ADV != 0 {
+        // Dropped: both sides advertise afresh after the move.
+    } else if imm & IMM_EOS != 0 {
         c.eof.set(true);
         c.data_recvd.set(c.data_recvd.get() + 1);
     } else if wc.byte_len() > 0 {
         let idx = (wc.wr_id() & 0xffff_ffff) as u32;
-        c.ready.borrow_mut().push_back((idx, wc.byte_len()));
+        c.ready
+            .borrow_mut()
+            .push_back(Ready::Small(idx, wc.byte_len()));
         c.data_recvd.set(c.data_recvd.get() + 1);
     }
 }
@@ -194,6 +241,7 @@ impl Transfer for RdmaTransfer {
         let stream = TcpStream::from_std(self.stream)
             .map_err(|e| TransportError::from_io(&self.peer, "adopt the rdma side channel", e))?;
         core.reserve_cq(QP_CQ_BUDGET)?;
+        let slabs = RxSlabs::reserve(&core);
         let made = create_qp(&core).and_then(|qp| Ok((qp, create_recv_mr(&core)?)));
         let (qp, recv_mr) = match made {
             Ok(x) => x,
@@ -213,7 +261,10 @@ impl Transfer for RdmaTransfer {
             cfg: self.cfg,
             peer_credits: 0,
             peer_buf: CHUNK,
+            peer_zc: self.peer_zc,
         }));
+        // Advertised to the peer once the move is done (`go_live`).
+        slabs.hand_to(&core, &conn);
         conn.phase.set(Phase::Moving);
         *conn.carried.borrow_mut() = self.pending;
         conn.eof.set(self.eof);
@@ -493,6 +544,8 @@ async fn on_peer_move(
             absorb_drained(c, &wc);
         }
     }
+    // The peer's advertisements were for its old core; ours are made again on the new QP.
+    c.zc_reset_for_move();
     let (sent, recvd) = (c.data_sent.get(), c.data_recvd.get());
     if let Some(why) = loss(sent, m.data_received, m.data_sent, recvd) {
         let answer = MoveMsg {
@@ -517,7 +570,11 @@ async fn on_peer_move(
     let free: Vec<u32> = {
         let ready = c.ready.borrow();
         (0..RECV_BUFS)
-            .filter(|i| !ready.iter().any(|&(j, _)| j == *i))
+            .filter(|i| {
+                !ready
+                    .iter()
+                    .any(|r| matches!(r, Ready::Small(j, _) if j == i))
+            })
             .collect()
     };
     c.unposted.borrow_mut().clear();

@@ -6,13 +6,14 @@
 //! # Phase 1 design
 //! - **Per core, shared-nothing.** Each core opens, lazily on its first listener or
 //!   connection, one device context, PD, completion queue (sends and receives of every QP of
-//!   the core; one completion channel) and registered send pool, kept in a thread-local
-//!   ([`core`]). One [`Poller`](corewire_runtime::Poller) per core busy-polls the CQ in
-//!   batches, routes completions by QP number, and posts what dirty connections have queued,
-//!   one `ibv_post_send` chain per connection and turn (doorbell batching). Interrupt mode arms
-//!   the CQ (`ibv_req_notify_cq`) and re-polls afterwards, vetoing the park if completions
-//!   raced in; the channel fd is the poller's `interrupt_fd`. No lock, atomic or eventfd on
-//!   the data path.
+//!   the core; one completion channel), registered send pool and zero-copy pool ([`pool`]),
+//!   kept in a thread-local ([`core`]). One [`Poller`](corewire_runtime::Poller) per core
+//!   busy-polls the CQ in batches, routes completions by QP number, and posts what dirty
+//!   connections have queued, one `ibv_post_send` chain per connection and turn (doorbell
+//!   batching, [`pump`]). Interrupt mode arms the CQ (`ibv_req_notify_cq`) and re-polls
+//!   afterwards, vetoing the park if completions raced in; the channel fd is the poller's
+//!   `interrupt_fd`. No lock, atomic or eventfd on the data path (returns of zero-copy
+//!   buffers dropped on other threads take a lock-free queue and a task wake-up).
 //! - **Receive queues: one per QP**, [`conn::RECV_BUFS`] buffers of [`core::CHUNK`] bytes each.
 //!   Simpler than an SRQ and it makes credits exact per connection; an SRQ per core would cut
 //!   receive memory with many mostly idle connections (16 × 16 KiB = 256 KiB per QP now), but
@@ -21,11 +22,14 @@
 //!   `TcpStream`): a versioned, length-checked exchange ([`setup`]) of QPN, PSN, GID, LID, port
 //!   MTU, receive credits and buffer size, then a ready byte each way; bounded by the connect
 //!   timeout. The side channel stays open: EOF on it means the peer closed or died.
-//! - **Data path:** every byte goes by SEND WITH IMM, copied from the user's `Bytes` into
-//!   registered pool chunks (inline, without a chunk, up to `max_inline_data`), selective
-//!   signaling; receives land in registered buffers and `recv` copies them out into a `Bytes`
-//!   (phase 1 copies on both sides; zero-copy WRITE WITH IMM for large payloads is phase 2).
-//!   Credit-based flow control, see [`conn`].
+//! - **Data path:** small messages go by SEND WITH IMM, copied from the user's `Bytes` into
+//!   registered 16 KiB send chunks (inline, without a chunk, up to `max_inline_data`),
+//!   selective signaling; receives land in registered buffers and `recv` copies them out.
+//!   **Large payloads are zero-copy** ([`zerocopy`], [`pool`]): `Endpoint::alloc` hands out
+//!   buffers in the core's registered pool, and a queued `Bytes` that lies in it goes by RDMA
+//!   WRITE WITH IMM straight into a receive slab the peer advertised, which `recv` hands up as
+//!   it is: a 4 MiB payload from `alloc` is copied on neither side. Credit-based flow control
+//!   (receive credits for SENDs, advertised slabs for WRITEs), see [`conn`] and [`zerocopy`].
 //! - **Dispatch** ([`Dispatch`], default `sharded`): the above. `central`, for comparison
 //!   only, moves CQ polling to one dispatcher thread for the whole process, as Ceph's
 //!   `RDMADispatcher` ([`central`]); chosen with [`set_dispatch`] or `CW_RDMA_DISPATCH`.
@@ -40,12 +44,17 @@ mod core;
 mod dispatch;
 mod endpoint;
 mod handoff;
+mod pool;
+mod pump;
 mod setup;
 mod stack;
 pub mod verbs;
+mod zerocopy;
 
 pub use central::DISPATCHER_THREAD;
 pub use dispatch::{dispatch, set_dispatch, Dispatch};
 pub use endpoint::RdmaEndpoint;
 pub use handoff::RdmaTransfer;
 pub use stack::{RdmaListener, RdmaTransport};
+#[doc(hidden)]
+pub use zerocopy::RdmaZcStats;

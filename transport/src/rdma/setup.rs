@@ -12,6 +12,9 @@
 //! ```text
 //! magic "CWRD" | version u16 | body_len u16 | QpEndpoint (28) | credits u16 | flags u16 | buf_size u32
 //! ```
+//!
+//! Flags: bit 0 [`FLAG_ZC`] (the side advertises zero-copy receive buffers); any other bit
+//! set is rejected.
 
 use crate::rdma::verbs::QpEndpoint;
 
@@ -35,7 +38,13 @@ pub(crate) struct SetupMsg {
     pub credits: u16,
     /// Size of each receive buffer: the largest SEND the peer may post.
     pub buf_size: u32,
+    /// Flag [`FLAG_ZC`]: this side advertises zero-copy receive buffers
+    /// ([`crate::rdma::zerocopy`]).
+    pub zc: bool,
 }
+
+/// Setup flag: the sender advertises receive buffers for RDMA WRITE.
+pub(crate) const FLAG_ZC: u16 = 1;
 
 const HDR: usize = 8;
 const BODY: usize = QpEndpoint::WIRE_LEN + 8;
@@ -51,7 +60,8 @@ impl SetupMsg {
         let q = HDR + QpEndpoint::WIRE_LEN;
         b[HDR..q].copy_from_slice(&self.qp.encode());
         b[q..q + 2].copy_from_slice(&self.credits.to_le_bytes());
-        // q+2..q+4: flags, zero in version 1.
+        let flags = if self.zc { FLAG_ZC } else { 0 };
+        b[q + 2..q + 4].copy_from_slice(&flags.to_le_bytes());
         b[q + 4..q + 8].copy_from_slice(&self.buf_size.to_le_bytes());
         b
     }
@@ -84,7 +94,7 @@ impl SetupMsg {
         let credits = u16::from_le_bytes([b[q], b[q + 1]]);
         let flags = u16::from_le_bytes([b[q + 2], b[q + 3]]);
         let buf_size = u32::from_le_bytes([b[q + 4], b[q + 5], b[q + 6], b[q + 7]]);
-        if flags != 0 {
+        if flags & !FLAG_ZC != 0 {
             return Err(format!("rdma setup: unknown flags {flags:#x}"));
         }
         if !(2..=MAX_CREDITS).contains(&credits) {
@@ -104,6 +114,7 @@ impl SetupMsg {
             qp,
             credits,
             buf_size,
+            zc: flags & FLAG_ZC != 0,
         })
     }
 }
@@ -257,12 +268,15 @@ mod tests {
             },
             credits: 16,
             buf_size: 16 << 10,
+            zc: true,
         }
     }
 
     #[test]
     fn round_trips() {
         let m = msg();
+        assert_eq!(SetupMsg::decode(&m.encode()), Ok(m));
+        let m = SetupMsg { zc: false, ..m };
         assert_eq!(SetupMsg::decode(&m.encode()), Ok(m));
     }
 
@@ -285,7 +299,7 @@ mod tests {
         b[q..q + 2].copy_from_slice(&0u16.to_le_bytes());
         cases.push(("credits", b));
         let mut b = good;
-        b[q + 2] = 1;
+        b[q + 2] = 2;
         cases.push(("flags", b));
         let mut b = good;
         b[q + 4..q + 8].copy_from_slice(&1u32.to_le_bytes());

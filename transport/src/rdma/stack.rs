@@ -16,6 +16,7 @@ use crate::rdma::conn::{Conn, ConnParts, QP_CQ_BUDGET, RECV_BUFS, SQ_DEPTH};
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
 use crate::rdma::endpoint::RdmaEndpoint;
 use crate::rdma::handoff::side_channel;
+use crate::rdma::pool::RX_SLABS_PER_CONN;
 use crate::rdma::setup::{SetupMsg, READY};
 use crate::rdma::verbs::{Access, MemoryRegion, QpConfig, QueuePair};
 use crate::stack::{EndpointConfig, Listener, Transport};
@@ -270,10 +271,12 @@ async fn establish(
     let mut guard = Budget(&core, budget, false);
     let qp = create_qp(&core)?;
     let recv_mr = create_recv_mr(&core)?;
+    let slabs = RxSlabs::reserve(&core);
     let mine = SetupMsg {
         qp: qp.endpoint(),
         credits: RECV_BUFS as u16,
         buf_size: CHUNK as u32,
+        zc: !slabs.0.is_empty(),
     };
     write_all(&s, &peer, mine.encode().to_vec()).await?;
     let theirs = read_exact(&s, &peer, SetupMsg::WIRE_LEN).await?;
@@ -292,9 +295,11 @@ async fn establish(
         cfg,
         peer_credits: u32::from(theirs.credits),
         peer_buf: theirs.buf_size as usize,
+        peer_zc: theirs.zc,
     }));
     guard.2 = true;
     drop(guard);
+    slabs.hand_to(&core, &conn);
     let ep = RdmaEndpoint {
         conn: conn.clone(),
         core: core.clone(),
@@ -313,18 +318,52 @@ async fn establish(
         });
     }
     let side = conn.side.clone();
+    // Advertise the receive slabs (the peer is ready now).
+    core.mark_dirty(&conn);
     spawn_local(side_channel(Rc::downgrade(&conn), core, stream, side, None)).detach();
     Ok(ep)
 }
 
-/// A connection's queue pair on `core` (in INIT).
+/// Receive slabs reserved for a connection being set up; given back unless handed to it.
+pub(crate) struct RxSlabs<'a>(pub Vec<u32>, &'a CoreRdma);
+
+impl<'a> RxSlabs<'a> {
+    pub fn reserve(core: &'a CoreRdma) -> RxSlabs<'a> {
+        let slabs = core
+            .zc
+            .as_ref()
+            .map(|p| p.reserve_rx(RX_SLABS_PER_CONN))
+            .unwrap_or_default();
+        RxSlabs(slabs, core)
+    }
+
+    /// The connection owns them now and advertises them as soon as it is live.
+    pub fn hand_to(mut self, core: &CoreRdma, conn: &Rc<Conn>) {
+        let slabs = std::mem::take(&mut self.0);
+        if let Some(p) = &core.zc {
+            p.adopt_rx(&slabs, conn);
+            conn.zc.to_advertise.borrow_mut().extend(slabs);
+        }
+    }
+}
+
+impl Drop for RxSlabs<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.1.zc {
+            p.release_rx(self.0.drain(..));
+        }
+    }
+}
+
+/// A connection's queue pair on `core` (in INIT). The peer may RDMA WRITE through it (into
+/// the slabs advertised to it).
 pub(crate) fn create_qp(core: &CoreRdma) -> Result<QueuePair> {
     let qcfg = QpConfig {
         max_send_wr: SQ_DEPTH,
         max_recv_wr: RECV_BUFS,
         max_send_sge: 1,
         max_recv_sge: 1,
-        access: Access::LOCAL_WRITE,
+        access: Access::LOCAL_WRITE | Access::REMOTE_WRITE,
         ..QpConfig::default()
     };
     QueuePair::new(&core.pd, &core.cq, &core.cq, None, qcfg)

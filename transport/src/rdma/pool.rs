@@ -1,0 +1,423 @@
+//! The per-core registered large-buffer pool: what makes large payloads zero-copy.
+//!
+//! Each core (per device selection) owns two page-aligned memory areas, allocated and
+//! registered once, when the core first uses the device:
+//! - the **send pool** ([`TX_CLASSES`]): fixed chunks in four power-of-four size classes,
+//!   64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8 (46 MiB), registered for local access
+//!   only. [`Pool::alloc`] (behind `Endpoint::alloc`) hands out a chunk of the smallest class
+//!   that fits as a [`TxBuf`]; a request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
+//!   above 4 MiB, or whose class has no free chunk gets a heap buffer instead (no search of
+//!   larger classes: a small request never takes a 4 MiB chunk);
+//! - the **receive region** ([`RX_SLABS`] slabs of [`SLAB`] bytes), registered for remote
+//!   write: each connection reserves up to [`RX_SLABS_PER_CONN`] slabs at setup and
+//!   advertises them to its peer, which RDMA WRITEs large payloads straight into them
+//!   ([`crate::rdma::zerocopy`]). A written slab is handed up from `recv` as [`Bytes`] over the
+//!   slab itself and re-advertised once the user has dropped them.
+//!
+//! # Returning memory
+//! A chunk or slab handed to the user is tracked by a [`Keep`] inside its `Bytes` owner. The
+//! keep is `Send`: dropping it on any thread pushes the chunk onto a lock-free queue
+//! ([`crossbeam_queue::SegQueue`]) and wakes the core's return task, which puts send chunks
+//! back on their free list and gives slabs back to their connection (to re-advertise) or, if
+//! it is gone, to the free list. `alloc` drains the queue too, so a chunk dropped on the
+//! owning core is reusable at once. (Returns on the owning core take the same queue rather
+//! than a separate core-local list: one uncontended push, and one code path.)
+//!
+//! Both areas are owned by an `Arc` ([`Shared`]) that every keep holds: the memory stays
+//! mapped until the last chunk is back, even if the core's RDMA state (and with it the memory
+//! regions, which are deregistered first) is gone. Nothing reads or writes a chunk through
+//! the pool while it is out: the user's `TxBuf`/`Bytes` is its only accessor.
+//!
+//! # Trust
+//! The receive region is one memory region with one rkey, known to every peer of the core: a
+//! peer could write into slabs advertised to another connection (as with any WRITE-based
+//! protocol without memory windows). The send pool has no remote access, so a peer can never
+//! change what this core sends.
+
+use std::alloc::{self, Layout};
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::ptr::NonNull;
+use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+
+use crate::error::Result;
+use crate::rdma::conn::Conn;
+use crate::rdma::core::CoreRdma;
+use crate::rdma::verbs::{Access, MemoryRegion, ProtectionDomain, RemoteBuf};
+use crate::txbuf::TxBuf;
+
+/// Smallest payload piece that goes by RDMA WRITE (and smallest `alloc` from the pool).
+pub(crate) const ZC_MIN: usize = 16 << 10;
+/// Send pool size classes: chunk size and count.
+pub(crate) const TX_CLASSES: [(usize, u32); 4] =
+    [(64 << 10, 32), (256 << 10, 16), (1 << 20, 8), (4 << 20, 8)];
+/// Size of one receive slab (the largest single WRITE this side accepts).
+pub(crate) const SLAB: usize = 1 << 20;
+/// Receive slabs per core.
+pub(crate) const RX_SLABS: u32 = 32;
+/// Most slabs one connection reserves (two 4 MiB payloads in flight).
+pub(crate) const RX_SLABS_PER_CONN: u32 = 8;
+const PAGE: usize = 4096;
+
+/// Page-aligned heap memory, freed on drop.
+struct Mem {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: plain memory with no thread affinity; who may access which part is decided by the
+// pool (one owner per chunk at a time), not by the thread.
+unsafe impl Send for Mem {}
+// SAFETY: as above; `Mem` itself never reads or writes the bytes.
+unsafe impl Sync for Mem {}
+
+impl Mem {
+    fn new(len: usize) -> Mem {
+        let layout = Layout::from_size_align(len, PAGE).expect("pool size fits a layout");
+        // SAFETY: `layout` has a non-zero size (every caller passes a positive constant).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout);
+        };
+        Mem { ptr, layout }
+    }
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+    fn contains(&self, p: *const u8, len: usize) -> bool {
+        let (start, end) = (
+            self.ptr.as_ptr() as usize,
+            self.ptr.as_ptr() as usize + self.len(),
+        );
+        let p = p as usize;
+        p >= start && p.checked_add(len).is_some_and(|e| e <= end)
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once. The memory regions over it
+        // are gone: they belong to the `Pool`, which holds this `Mem` (through `Shared`) in a
+        // field declared after them, so the last `Arc` is dropped after deregistration.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// What a dropped [`Keep`] gives back.
+#[derive(Debug, Clone, Copy)]
+enum Ret {
+    Tx(u32),
+    Rx(u32),
+}
+
+/// The memory of both areas and the return queue; shared with every [`Keep`].
+pub(crate) struct Shared {
+    tx: Mem,
+    rx: Mem,
+    returns: SegQueue<Ret>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Shared {
+    fn give_back(&self, r: Ret) {
+        self.returns.push(r);
+        let w = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+/// Returns its chunk to the pool when dropped (on any thread); keeps the memory mapped.
+struct Keep {
+    shared: Arc<Shared>,
+    ret: Ret,
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        self.shared.give_back(self.ret);
+    }
+}
+
+/// The `Bytes` owner of a received slab.
+struct RxOwner {
+    ptr: NonNull<u8>,
+    len: usize,
+    _keep: Keep,
+}
+
+// SAFETY: `ptr` points into the receive area kept mapped by `_keep`; the slab was written by
+// the adapter, its completion polled, and it is not advertised again until `_keep` is
+// dropped, so nothing writes it while this owner (shared read-only by `Bytes`) lives.
+unsafe impl Send for RxOwner {}
+impl AsRef<[u8]> for RxOwner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` lies in one slab of the mapped receive area (checked when
+        // the owner was made) and is not written while the owner lives (see `Send`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// The pool of one core; see the module docs.
+pub(crate) struct Pool {
+    // The regions before `shared`: deregistered before the memory can be freed.
+    tx_mr: MemoryRegion,
+    rx_mr: MemoryRegion,
+    shared: Arc<Shared>,
+    /// Offset and class of every send chunk, by index.
+    chunks: Vec<(usize, usize)>,
+    /// Free send chunks, per class.
+    free: RefCell<Vec<Vec<u32>>>,
+    rx_free: RefCell<Vec<u32>>,
+    /// The connection each slab is reserved by (dangling: none).
+    rx_owner: RefCell<Vec<Weak<Conn>>>,
+}
+
+impl Pool {
+    /// Allocates and registers both areas in `pd`.
+    pub fn new(pd: &Rc<ProtectionDomain>) -> Result<Pool> {
+        let mut chunks = Vec::new();
+        let mut free = Vec::new();
+        let mut off = 0;
+        for (class, &(size, n)) in TX_CLASSES.iter().enumerate() {
+            let mut list = Vec::new();
+            for _ in 0..n {
+                list.push(chunks.len() as u32);
+                chunks.push((off, class));
+                off += size;
+            }
+            list.reverse();
+            free.push(list);
+        }
+        let shared = Arc::new(Shared {
+            tx: Mem::new(off),
+            rx: Mem::new(RX_SLABS as usize * SLAB),
+            returns: SegQueue::new(),
+            waker: Mutex::new(None),
+        });
+        // SAFETY: both areas are valid for reads and writes of their length and stay
+        // allocated while `shared` lives, which outlives the regions (field order of `Pool`,
+        // and `Keep`s hold it too). Chunks are accessed through Rust references only while
+        // handed out (never while a work request names them: sends keep a clone of the
+        // `Bytes` until completion; slabs are handed out only after their WRITE completed).
+        let tx_mr = unsafe {
+            MemoryRegion::register_raw(pd, shared.tx.ptr.as_ptr(), off, Access::LOCAL_WRITE)?
+        };
+        // SAFETY: as above.
+        let rx_mr = unsafe {
+            MemoryRegion::register_raw(
+                pd,
+                shared.rx.ptr.as_ptr(),
+                shared.rx.len(),
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+            )?
+        };
+        Ok(Pool {
+            tx_mr,
+            rx_mr,
+            shared,
+            chunks,
+            free: RefCell::new(free),
+            rx_free: RefCell::new((0..RX_SLABS).rev().collect()),
+            rx_owner: RefCell::new((0..RX_SLABS).map(|_| Weak::new()).collect()),
+        })
+    }
+
+    /// A `len`-byte send buffer in the pool, or on the heap (see the module docs).
+    pub fn alloc(&self, core: &CoreRdma, len: usize) -> TxBuf {
+        self.drain_returns(core);
+        let Some(class) = TX_CLASSES.iter().position(|&(size, _)| len <= size) else {
+            return TxBuf::heap(len);
+        };
+        if len < ZC_MIN {
+            return TxBuf::heap(len);
+        }
+        let Some(i) = self.free.borrow_mut()[class].pop() else {
+            return TxBuf::heap(len);
+        };
+        let (off, _) = self.chunks[i as usize];
+        // SAFETY: `off` plus the class size lies inside the send area (built in `new`).
+        let ptr = unsafe { NonNull::new_unchecked(self.shared.tx.ptr.as_ptr().add(off)) };
+        let keep = Keep {
+            shared: self.shared.clone(),
+            ret: Ret::Tx(i),
+        };
+        // SAFETY: chunk `i` (at least `len` bytes at `ptr`, zeroed or holding older payloads:
+        // initialised) was just taken off the free list, so nothing else accesses it: no
+        // posted work request names it (a send keeps its `Bytes`, and so the keep, until the
+        // completion) and the pool hands it out again only after `keep` has been dropped.
+        // `keep` holds the area mapped. The adapter only reads it after a send.
+        unsafe { TxBuf::registered(ptr, len, Box::new(keep)) }
+    }
+
+    /// The local key under which the adapter may read `b`, if `b` lies in this pool (either
+    /// area) and is long enough to go by RDMA WRITE.
+    pub fn lkey_of(&self, b: &Bytes) -> Option<u32> {
+        if b.len() < ZC_MIN {
+            return None;
+        }
+        if self.shared.tx.contains(b.as_ptr(), b.len()) {
+            Some(self.tx_mr.lkey())
+        } else if self.shared.rx.contains(b.as_ptr(), b.len()) {
+            Some(self.rx_mr.lkey())
+        } else {
+            None
+        }
+    }
+
+    /// Reserves up to `n` receive slabs (for a connection being set up; owner set later).
+    pub fn reserve_rx(&self, n: u32) -> Vec<u32> {
+        let mut free = self.rx_free.borrow_mut();
+        let k = free.len().saturating_sub(n as usize);
+        free.split_off(k)
+    }
+
+    /// Records `conn` as the owner of `slabs` (their returns go to it).
+    pub fn adopt_rx(&self, slabs: &[u32], conn: &Rc<Conn>) {
+        let mut owner = self.rx_owner.borrow_mut();
+        for &s in slabs {
+            owner[s as usize] = Rc::downgrade(conn);
+        }
+    }
+
+    /// Puts slabs no posted or advertised use can touch any more back on the free list.
+    pub fn release_rx(&self, slabs: impl IntoIterator<Item = u32>) {
+        let mut owner = self.rx_owner.borrow_mut();
+        let mut free = self.rx_free.borrow_mut();
+        for s in slabs {
+            owner[s as usize] = Weak::new();
+            free.push(s);
+        }
+    }
+
+    /// Slab `s` as a buffer the peer may write.
+    pub fn remote(&self, s: u32) -> RemoteBuf {
+        RemoteBuf {
+            addr: self.rx_mr.as_ptr() as u64 + u64::from(s) * SLAB as u64,
+            rkey: self.rx_mr.rkey(),
+            len: SLAB as u64,
+        }
+    }
+
+    /// The first `len` bytes of slab `s`, handed out without a copy.
+    ///
+    /// # Safety
+    /// The WRITE into the slab has completed (its completion was polled), the slab is not
+    /// advertised again until the returned `Bytes` (and its clones) are all dropped, and
+    /// `len <= SLAB`.
+    pub unsafe fn rx_bytes(&self, s: u32, len: usize) -> Bytes {
+        assert!(s < RX_SLABS && len <= SLAB);
+        // SAFETY: slab `s` lies inside the receive area (`s < RX_SLABS`).
+        let ptr =
+            unsafe { NonNull::new_unchecked(self.shared.rx.ptr.as_ptr().add(s as usize * SLAB)) };
+        Bytes::from_owner(RxOwner {
+            ptr,
+            len,
+            _keep: Keep {
+                shared: self.shared.clone(),
+                ret: Ret::Rx(s),
+            },
+        })
+    }
+
+    /// Copies the first `len` bytes of slab `s` out (a hand-off carries them).
+    ///
+    /// # Safety
+    /// As [`Pool::rx_bytes`]; the slab is released by the caller afterwards.
+    pub unsafe fn rx_copy(&self, s: u32, len: usize, out: &mut bytes::BytesMut) {
+        assert!(s < RX_SLABS && len <= SLAB);
+        // SAFETY: inside the receive area; written and completed, not posted (contract).
+        let src = unsafe {
+            std::slice::from_raw_parts(self.shared.rx.ptr.as_ptr().add(s as usize * SLAB), len)
+        };
+        out.extend_from_slice(src);
+    }
+
+    /// Takes back what dropped keeps returned.
+    pub fn drain_returns(&self, core: &CoreRdma) {
+        while let Some(r) = self.shared.returns.pop() {
+            match r {
+                Ret::Tx(i) => {
+                    let (_, class) = self.chunks[i as usize];
+                    self.free.borrow_mut()[class].push(i);
+                }
+                Ret::Rx(s) => {
+                    let owner = self.rx_owner.borrow()[s as usize].upgrade();
+                    if !owner.is_some_and(|c| c.slab_returned(core, s)) {
+                        self.release_rx([s]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// The core's return task: drains the return queue whenever a keep is dropped (on any
+/// thread), until the core's RDMA state is gone.
+pub(crate) async fn returns_task(core: Weak<CoreRdma>) {
+    let Some(shared) = core.upgrade().and_then(|c| c.zc.as_ref().map(Pool::shared)) else {
+        return;
+    };
+    poll_fn(|cx| loop {
+        let Some(core) = core.upgrade() else {
+            return Poll::Ready(());
+        };
+        if let Some(p) = &core.zc {
+            p.drain_returns(&core);
+        }
+        *shared.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        if shared.returns.is_empty() {
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_contains_is_exact() {
+        let m = Mem::new(2 * PAGE);
+        let p = m.ptr.as_ptr();
+        assert!(m.contains(p, 2 * PAGE));
+        // SAFETY: offsets within the allocation (pointer arithmetic only).
+        let (mid, end) = unsafe { (p.add(PAGE), p.add(2 * PAGE)) };
+        assert!(m.contains(mid, PAGE));
+        assert!(!m.contains(mid, PAGE + 1));
+        assert!(!m.contains(end, 1));
+        assert!(!m.contains(p.wrapping_sub(1), 1));
+    }
+
+    #[test]
+    fn keep_returns_on_any_thread() {
+        let shared = Arc::new(Shared {
+            tx: Mem::new(PAGE),
+            rx: Mem::new(PAGE),
+            returns: SegQueue::new(),
+            waker: Mutex::new(None),
+        });
+        let k = Keep {
+            shared: shared.clone(),
+            ret: Ret::Tx(7),
+        };
+        std::thread::spawn(move || drop(k)).join().unwrap();
+        assert!(matches!(shared.returns.pop(), Some(Ret::Tx(7))));
+        assert!(shared.returns.pop().is_none());
+    }
+}

@@ -1,0 +1,417 @@
+//! Zero-copy large payloads over RDMA (`Endpoint::alloc`, RDMA WRITE WITH IMM into buffers
+//! the receiver advertised), proved with the endpoints' zero-copy counters
+//! (`RdmaEndpoint::zc_stats`, a test hook): bytes sent by WRITE from the pool, bytes copied
+//! on send, bytes handed up without a copy and bytes copied on receive.
+//!
+//! Runs inside `scripts/rxe-vm` with `CW_RDMA_REQUIRE=1`, in the dispatch mode
+//! `CW_RDMA_DISPATCH` selects. Without a device each test returns early.
+#![cfg(feature = "rdma")]
+
+mod rdma_env;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corewire_runtime::{timer, Runtime};
+use corewire_transport::rdma::{RdmaEndpoint, RdmaTransport};
+use corewire_transport::{Address, Endpoint, EndpointConfig, Listener, Transfer, Transport};
+use corewire_transport::{TransportError, TxBuf};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const MIB: usize = 1 << 20;
+
+fn transport() -> RdmaTransport {
+    RdmaTransport::new(EndpointConfig {
+        connect_timeout: Duration::from_secs(120),
+        ..EndpointConfig::default()
+    })
+}
+
+/// Byte `k` of payload `i`.
+fn byte(i: usize, k: usize) -> u8 {
+    (i.wrapping_mul(131) ^ k.wrapping_mul(7) ^ (k >> 11)) as u8
+}
+
+fn fill(mut b: TxBuf, i: usize) -> Bytes {
+    for (k, x) in b.iter_mut().enumerate() {
+        *x = byte(i, k);
+    }
+    b.freeze()
+}
+
+fn heap(i: usize, n: usize) -> Bytes {
+    fill(TxBuf::heap(n), i)
+}
+
+/// Receives exactly `n` bytes (in as many chunks as they come).
+async fn recv_n(ep: &RdmaEndpoint, n: usize) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    let mut len = 0;
+    while len < n {
+        let b = ep.recv().await.unwrap();
+        len += b.len();
+        got.push(b);
+    }
+    assert_eq!(len, n, "more bytes than expected");
+    got
+}
+
+/// Receives exactly `n` bytes, copying each chunk out and dropping it at once (so the
+/// receive slabs are re-advertised as they come).
+async fn recv_concat(ep: &RdmaEndpoint, n: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(n);
+    while data.len() < n {
+        data.extend_from_slice(&ep.recv().await.unwrap());
+    }
+    assert_eq!(data.len(), n, "more bytes than expected");
+    data
+}
+
+fn concat(chunks: &[Bytes]) -> Vec<u8> {
+    chunks.iter().flat_map(|b| b.iter().copied()).collect()
+}
+
+/// Runs `server` on core 1 (on the one accepted endpoint) and `client` on core 0 (on a
+/// connected one); returns both results.
+fn pair<S, SF, SR, C, CF, CR>(server: S, client: C) -> (SR, CR)
+where
+    S: FnOnce(RdmaEndpoint, corewire_runtime::Handle) -> SF + Send + 'static,
+    SF: Future<Output = SR> + 'static,
+    SR: Send + 'static,
+    C: FnOnce(RdmaEndpoint) -> CF + Send + 'static,
+    CF: Future<Output = CR> + 'static,
+    CR: Send + 'static,
+{
+    let rt = Runtime::builder().cores(2).build().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
+    let handle = rt.handle();
+    let s = rt.spawn_on(1, move || async move {
+        let l = transport().listen(&rdma_env::listen_addr()).await.unwrap();
+        addr_tx.send(l.local_addr()).unwrap();
+        let ep = timer::timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+        timer::timeout(LIMIT, server(ep, handle))
+            .await
+            .expect("server timed out")
+    });
+    let addr = addr_rx.recv_timeout(LIMIT).unwrap();
+    let c = rt.spawn_on(0, move || async move {
+        let ep = timer::timeout(LIMIT, transport().connect(&addr))
+            .await
+            .unwrap()
+            .unwrap();
+        timer::timeout(LIMIT, client(ep))
+            .await
+            .expect("client timed out")
+    });
+    let cr = rt.block_on(c).unwrap();
+    let sr = rt.block_on(s).unwrap();
+    rt.shutdown().unwrap();
+    (sr, cr)
+}
+
+#[test]
+fn four_mib_from_alloc_is_never_copied() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let n = 4 * MIB;
+    let (rx, tx) = pair(
+        move |ep, _| async move {
+            let got = recv_n(&ep, n).await;
+            let data = concat(&got);
+            assert!((0..n).all(|k| data[k] == byte(1, k)), "payload differs");
+            ep.send(vec![Bytes::from_static(b"k")]).await.unwrap();
+            ep.flush().await.unwrap();
+            let st = ep.zc_stats();
+            // Wait for the client's close before dropping ours.
+            assert!(ep.recv().await.is_err());
+            st
+        },
+        move |ep| async move {
+            let b = ep.alloc(n);
+            assert!(
+                b.is_registered(),
+                "a 4 MiB alloc on an idle core is pool memory"
+            );
+            ep.send(vec![fill(b, 1)]).await.unwrap();
+            assert_eq!(&ep.recv().await.unwrap()[..], b"k");
+            ep.zc_stats()
+        },
+    );
+    eprintln!("sender {tx:?}\nreceiver {rx:?}");
+    assert_eq!(tx.write_bytes, n as u64, "sent by WRITE from the pool");
+    assert_eq!(tx.send_copied_bytes, 0, "nothing copied on send");
+    assert_eq!(
+        rx.recv_zero_copy_bytes, n as u64,
+        "handed up from the slabs"
+    );
+    assert_eq!(rx.recv_copied_bytes, 0, "nothing copied on receive");
+    assert_eq!(rx.send_copied_bytes, 1, "the ack went by SEND");
+}
+
+#[test]
+fn mixed_small_and_large_keep_stream_order() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    // (pool or heap, size); pool sizes split into slab-sized pieces with no short tail.
+    let parts: Vec<(bool, usize)> = vec![
+        (false, 100),
+        (true, 64 << 10),
+        (false, 5000),
+        (true, 4 * MIB),
+        (true, 300 << 10),
+        (false, 20 << 10),
+        (false, 1),
+        (true, MIB + (20 << 10)),
+        (true, 2 * MIB),
+        (false, 70 << 10),
+        (true, 64 << 10),
+    ];
+    let total: usize = parts.iter().map(|p| p.1).sum();
+    let pool: u64 = parts.iter().filter(|p| p.0).map(|p| p.1 as u64).sum();
+    let heap_b = total as u64 - pool;
+    let p2 = parts.clone();
+    let (rx, tx) = pair(
+        move |ep, _| async move {
+            let data = recv_concat(&ep, total).await;
+            let mut at = 0;
+            for (i, &(_, n)) in p2.iter().enumerate() {
+                assert!(
+                    (0..n).all(|k| data[at + k] == byte(i, k)),
+                    "part {i} ({n} bytes at {at}) differs"
+                );
+                at += n;
+            }
+            ep.send(vec![Bytes::from_static(b"k")]).await.unwrap();
+            ep.flush().await.unwrap();
+            let st = ep.zc_stats();
+            assert!(ep.recv().await.is_err());
+            st
+        },
+        move |ep| async move {
+            // Some parts in one scatter/gather list, others alone.
+            let mut batch = Vec::new();
+            for (i, &(from_pool, n)) in parts.iter().enumerate() {
+                let b = if from_pool {
+                    let b = ep.alloc(n);
+                    assert!(b.is_registered(), "part {i}: {n}-byte alloc");
+                    fill(b, i)
+                } else {
+                    heap(i, n)
+                };
+                batch.push(b);
+                if i % 3 != 1 {
+                    ep.send(std::mem::take(&mut batch)).await.unwrap();
+                }
+            }
+            ep.send(batch).await.unwrap();
+            assert_eq!(&ep.recv().await.unwrap()[..], b"k");
+            ep.zc_stats()
+        },
+    );
+    eprintln!("sender {tx:?}\nreceiver {rx:?}");
+    assert_eq!(tx.write_bytes, pool);
+    assert_eq!(tx.send_copied_bytes, heap_b);
+    assert_eq!(rx.recv_zero_copy_bytes, pool);
+    assert_eq!(rx.recv_copied_bytes, heap_b);
+}
+
+#[test]
+fn pool_exhaustion_falls_back_to_heap() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let n = 4 * MIB;
+    let (rx, (tx, pooled, again)) = pair(
+        move |ep, _| async move {
+            let data = recv_concat(&ep, 9 * n).await;
+            for i in 0..9 {
+                assert!((0..n).all(|k| data[i * n + k] == byte(i, k)), "{i} differs");
+            }
+            ep.send(vec![Bytes::from_static(b"k")]).await.unwrap();
+            ep.flush().await.unwrap();
+            let st = ep.zc_stats();
+            assert!(ep.recv().await.is_err());
+            st
+        },
+        move |ep| async move {
+            // Hold 4 MiB buffers until the class runs dry: then the heap.
+            let mut held = Vec::new();
+            let last = loop {
+                let b = ep.alloc(n);
+                if !b.is_registered() {
+                    break b;
+                }
+                assert!(held.len() < 64, "the pool never ran dry");
+                held.push(b);
+            };
+            assert_eq!(last.len(), n);
+            assert!(last.iter().all(|&x| x == 0), "a heap buffer is zeroed");
+            let pooled = held.len();
+            let mut bufs: Vec<Bytes> = held
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| fill(b, i))
+                .collect();
+            bufs.push(fill(last, pooled));
+            for b in bufs {
+                ep.send(vec![b]).await.unwrap();
+            }
+            assert_eq!(&ep.recv().await.unwrap()[..], b"k");
+            // Every chunk comes back once its WRITE completed and the bytes were dropped.
+            let mut again = false;
+            for _ in 0..500 {
+                if ep.alloc(n).is_registered() {
+                    again = true;
+                    break;
+                }
+                timer::sleep(Duration::from_millis(10)).await;
+            }
+            (ep.zc_stats(), pooled, again)
+        },
+    );
+    eprintln!("sender {tx:?}\nreceiver {rx:?}; {pooled} pooled");
+    assert_eq!(pooled, 8, "the 4 MiB class has 8 chunks");
+    assert!(again, "chunks return to the pool");
+    assert_eq!(tx.write_bytes, 8 * n as u64);
+    assert_eq!(
+        tx.send_copied_bytes, n as u64,
+        "the heap fallback is copied"
+    );
+    assert_eq!(rx.recv_zero_copy_bytes, 8 * n as u64);
+    assert_eq!(rx.recv_copied_bytes, n as u64);
+}
+
+#[test]
+fn receiver_holding_buffers_stalls_sender_until_dropped() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    // Four 4 MiB payloads: the receiver's 8 one-MiB slabs take two of them.
+    let (count, n) = (4, 4 * MIB);
+    let (rx, tx) = pair(
+        move |ep, _| async move {
+            // Hold everything received: every slab is out after 8 MiB.
+            let held = recv_n(&ep, 2 * n).await;
+            assert_eq!(held.len(), 8, "one chunk per written slab");
+            let stalled = timer::timeout(Duration::from_secs(2), ep.recv()).await;
+            assert!(stalled.is_err(), "nothing arrives while every slab is held");
+            let mut data = concat(&held);
+            drop(held);
+            data.extend(recv_concat(&ep, (count - 2) * n).await);
+            for i in 0..count {
+                assert!((0..n).all(|k| data[i * n + k] == byte(i, k)), "{i} differs");
+            }
+            ep.send(vec![Bytes::from_static(b"k")]).await.unwrap();
+            ep.flush().await.unwrap();
+            let st = ep.zc_stats();
+            assert!(ep.recv().await.is_err());
+            st
+        },
+        move |ep| async move {
+            for i in 0..count {
+                let b = ep.alloc(n);
+                assert!(b.is_registered());
+                ep.send(vec![fill(b, i)]).await.unwrap();
+            }
+            assert_eq!(&ep.recv().await.unwrap()[..], b"k");
+            ep.zc_stats()
+        },
+    );
+    eprintln!("sender {tx:?}\nreceiver {rx:?}");
+    // It waited for buffers instead of falling back to a copy, and lost nothing.
+    assert_eq!(tx.write_bytes, (count * n) as u64);
+    assert_eq!(tx.send_copied_bytes, 0);
+    assert_eq!(rx.recv_zero_copy_bytes, (count * n) as u64);
+}
+
+#[test]
+fn peer_gone_mid_write_resets() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let (_, reason) = pair(
+        move |ep, _| async move {
+            // Take one piece, then vanish with WRITEs in flight (QP destroyed, side channel
+            // closed), as a killed process would.
+            let first = ep.recv().await.unwrap();
+            assert!(!first.is_empty());
+            drop(ep);
+        },
+        move |ep| async move {
+            for i in 0.. {
+                let b = ep.alloc(4 * MIB);
+                if let Err(e) = ep.send(vec![fill(b, i)]).await {
+                    match e {
+                        TransportError::Reset { reason, .. } => return reason,
+                        e => panic!("expected Reset, got {e}"),
+                    }
+                }
+            }
+            unreachable!()
+        },
+    );
+    eprintln!("sender reset: {reason}");
+}
+
+#[test]
+fn handoff_keeps_zero_copy_and_held_buffers() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let n = 2 * MIB;
+    let (moved, tx) = pair(
+        move |ep, handle| async move {
+            let first = recv_n(&ep, n).await;
+            // Move to core 0 while holding the slabs of the first payload.
+            let t = ep.into_transfer().map_err(|(e, _)| e).expect("quiescent");
+            handle
+                .spawn_on(0, move || async move {
+                    let ep = t.attach().expect("attach");
+                    ep.send(vec![Bytes::from_static(b"m")]).await.unwrap();
+                    let second = recv_n(&ep, n).await;
+                    let ok = concat(&first)
+                        .iter()
+                        .enumerate()
+                        .all(|(k, &x)| x == byte(0, k))
+                        && concat(&second)
+                            .iter()
+                            .enumerate()
+                            .all(|(k, &x)| x == byte(1, k));
+                    // Echo the second payload back from the slabs (WRITE from received memory).
+                    ep.send(second).await.unwrap();
+                    ep.flush().await.unwrap();
+                    let st = ep.zc_stats();
+                    assert!(ep.recv().await.is_err());
+                    (ok, st)
+                })
+                .await
+                .unwrap()
+        },
+        move |ep| async move {
+            ep.send(vec![fill(ep.alloc(n), 0)]).await.unwrap();
+            assert_eq!(&ep.recv().await.unwrap()[..], b"m");
+            ep.send(vec![fill(ep.alloc(n), 1)]).await.unwrap();
+            let back = recv_n(&ep, n).await;
+            assert!(concat(&back)
+                .iter()
+                .enumerate()
+                .all(|(k, &x)| x == byte(1, k)));
+            ep.zc_stats()
+        },
+    );
+    let (ok, rx) = moved;
+    eprintln!("sender {tx:?}\nmoved receiver {rx:?}");
+    assert!(ok, "payloads differ across the move");
+    assert_eq!(
+        rx.recv_zero_copy_bytes, n as u64,
+        "zero-copy on the new core"
+    );
+    assert_eq!(
+        rx.write_bytes, n as u64,
+        "the echo went by WRITE from the slabs"
+    );
+    assert_eq!(tx.recv_zero_copy_bytes, n as u64);
+}
