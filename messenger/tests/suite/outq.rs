@@ -212,12 +212,13 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
     let rt = runtime();
     let rec = Recorder::new();
     let (server, addr) = server(&rt, &h, vec![rec.clone()], super::limit());
-    let mut bytes = raw::client_preamble();
-    bytes.extend(raw::frame(&raw::client_ident(
+    let mut hello = raw::client_preamble();
+    hello.extend(raw::frame(&raw::client_ident(
         raw::blank_addr(0x4b1d),
         1,
         77,
     )));
+    let mut bytes = Vec::new();
     for i in 0..FLOOD {
         bytes.extend(raw::frame(&Keepalive2 {
             timestamp: UTime { sec: i, nsec: 0 },
@@ -243,14 +244,26 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
         data: Bytes::new(),
     };
     bytes.extend(m.to_wire().unwrap());
-    // Writes everything, never reads, and keeps the connection open until the runtime stops,
-    // so the server's answers pile up on its side.
+    // Identifies itself and waits for SERVER_IDENT as a client does (the server may move the
+    // connection to its owning core meanwhile, which over RDMA needs a quiet peer), then
+    // writes everything, never reads again, and keeps the connection open until the runtime
+    // stops, so the server's answers pile up on its side.
     let (kind, a) = (h.kind(), addr.clone());
     rt.handle()
         .spawn_on(0, move || async move {
+            use corewire_messenger::wire::Frame;
             use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Transport};
             let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
             let ep = t.connect(&a).await.unwrap();
+            ep.send(hello).await.unwrap();
+            let seen = raw::Reader::default()
+                .read(&ep, |f| matches!(f, Frame::ServerIdent(_)))
+                .await;
+            assert!(
+                matches!(seen.frames.last(), Some(Frame::ServerIdent(_))),
+                "{:?}",
+                seen.frames
+            );
             let mut bytes = bytes;
             while !bytes.is_empty() {
                 let rest = bytes.split_off(bytes.len().min(4096));
