@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corewire_perf::report::Group;
 use corewire_perf::transport_bench::{
-    corewire, corewire_payload, memcpy_gbps, spsc_ring, tokio_tcp, Payload, Workload,
+    corewire, corewire_with, memcpy_gbps, spsc_ring, tokio_tcp, Payload, Workload,
 };
 use corewire_transport::tcp::TcpTransport;
 use corewire_transport::{EndpointConfig, ShmOptions, ShmTransport};
@@ -57,12 +57,13 @@ fn main() -> std::io::Result<()> {
                 area_len: 16 << 20,
                 ..ShmOptions::default()
             };
-            let m = corewire_payload(
+            let m = corewire_with(
                 move || ShmTransport::with_options(EndpointConfig::default(), opts.clone()),
                 shm_addr.parse().expect("addr"),
                 wl,
                 d,
                 Payload::Alloc,
+                |_| {},
             )?;
             rows.insert(1, m.row("corewire shm, payload from alloc"));
             Some(m)

@@ -4,7 +4,7 @@
 //! sending side), with 16 MiB buffer areas so 4 MiB payloads fit.
 use std::time::Duration;
 
-use corewire_perf::transport_bench::{corewire_payload, memcpy_gbps, Payload, Workload};
+use corewire_perf::transport_bench::{corewire_with, memcpy_gbps, Payload, Workload};
 use corewire_transport::{EndpointConfig, ShmOptions, ShmTransport};
 
 #[global_allocator]
@@ -30,12 +30,13 @@ fn main() -> std::io::Result<()> {
         (Payload::Shared, ShmOptions::default())
     };
     let addr = format!("shm://corewire-prof-{}", std::process::id());
-    let m = corewire_payload(
+    let m = corewire_with(
         move || ShmTransport::with_options(EndpointConfig::default(), opts.clone()),
         addr.parse().expect("addr"),
         wl,
         Duration::from_secs(3),
         payload,
+        |_| {},
     )?;
     let r = m.row(&wl.label());
     println!(

@@ -16,16 +16,7 @@ use corewire_transport::rdma::{set_dispatch, Dispatch, RdmaTransport};
 use corewire_transport::EndpointConfig;
 
 use crate::thread_cpu::{snapshot, window, Snapshot, ThreadUse};
-use crate::transport_bench::{corewire_windowed_alloc, Measured, Workload};
-
-/// Where the client's request payloads come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Payload {
-    /// One heap buffer, sent again and again (the transport copies it).
-    Heap,
-    /// A fresh `Endpoint::alloc` buffer per request (registered: zero-copy).
-    Alloc,
-}
+use crate::transport_bench::{corewire_with, Measured, Payload, Workload};
 
 const BIG: Workload = Workload::Stream {
     size: 4 << 20,
@@ -34,22 +25,22 @@ const BIG: Workload = Workload::Stream {
 
 /// The workloads, in report order.
 pub const WORKLOADS: [(Workload, Payload); 4] = [
-    (Workload::PingPong { size: 64 }, Payload::Heap),
+    (Workload::PingPong { size: 64 }, Payload::Shared),
     (
         Workload::Stream {
             size: 4096,
             inflight: 16,
         },
-        Payload::Heap,
+        Payload::Shared,
     ),
     (BIG, Payload::Alloc),
-    (BIG, Payload::Heap),
+    (BIG, Payload::Shared),
 ];
 
 /// A workload's label in the report (and the JSON): `, alloc` marks `Payload::Alloc`.
 pub fn label(wl: Workload, p: Payload) -> String {
     match p {
-        Payload::Heap => wl.label(),
+        Payload::Shared => wl.label(),
         Payload::Alloc => format!("{}, alloc", wl.label()),
     }
 }
@@ -105,7 +96,7 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
         for (wl, payload) in WORKLOADS {
             let marks: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
             let m2 = marks.clone();
-            let m = corewire_windowed_alloc(
+            let m = corewire_with(
                 || {
                     RdmaTransport::new(EndpointConfig {
                         connect_timeout: Duration::from_secs(120),
@@ -115,8 +106,8 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
                 listen.clone(),
                 wl,
                 cfg.duration,
+                payload,
                 move |_start| m2.lock().expect("marks").push(snapshot()),
-                payload == Payload::Alloc,
             )?;
             let marks = marks.lock().expect("marks");
             let threads = match marks.as_slice() {

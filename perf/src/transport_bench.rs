@@ -250,65 +250,13 @@ where
     T: Transport,
     M: Fn() -> T + Send + Clone + 'static,
 {
-    corewire_windowed(make, listen, wl, duration, |_| {})
+    corewire_with(make, listen, wl, duration, Payload::Shared, |_| {})
 }
 
-/// [`corewire`] with requests made as `payload` says.
-pub fn corewire_payload<T, M>(
-    make: M,
-    listen: Address,
-    wl: Workload,
-    duration: Duration,
-    payload: Payload,
-) -> io::Result<Measured>
-where
-    T: Transport,
-    M: Fn() -> T + Send + Clone + 'static,
-{
-    run_corewire(make, listen, wl, duration, payload, |_| {})
-}
-
-/// [`corewire`], calling `window(true)` on the client core when the measured window starts
-/// and `window(false)` when it ends (see [`Recorder::on_window`]).
-pub fn corewire_windowed<T, M, W>(
-    make: M,
-    listen: Address,
-    wl: Workload,
-    duration: Duration,
-    window: W,
-) -> io::Result<Measured>
-where
-    T: Transport,
-    M: Fn() -> T + Send + Clone + 'static,
-    W: FnMut(bool) + Send + 'static,
-{
-    run_corewire(make, listen, wl, duration, Payload::Shared, window)
-}
-
-/// [`corewire_windowed`]; with `alloc`, requests come from `Endpoint::alloc`
-/// ([`Payload::Alloc`]).
-pub fn corewire_windowed_alloc<T, M, W>(
-    make: M,
-    listen: Address,
-    wl: Workload,
-    duration: Duration,
-    window: W,
-    alloc: bool,
-) -> io::Result<Measured>
-where
-    T: Transport,
-    M: Fn() -> T + Send + Clone + 'static,
-    W: FnMut(bool) + Send + 'static,
-{
-    let payload = if alloc {
-        Payload::Alloc
-    } else {
-        Payload::Shared
-    };
-    run_corewire(make, listen, wl, duration, payload, window)
-}
-
-fn run_corewire<T, M, W>(
+/// [`corewire`] with requests made as `payload` says, calling `window(true)` on the client
+/// core when the measured window starts and `window(false)` when it ends (see
+/// [`Recorder::on_window`]).
+pub fn corewire_with<T, M, W>(
     make: M,
     listen: Address,
     wl: Workload,
