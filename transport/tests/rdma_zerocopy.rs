@@ -237,6 +237,11 @@ fn pool_exhaustion_falls_back_to_heap() {
             st
         },
         move |ep| async move {
+            // Below the WRITE threshold (sent by SEND anyway) and above the largest class:
+            // the heap, documented.
+            assert!(!ep.alloc(1000).is_registered());
+            assert!(!ep.alloc(5 * MIB).is_registered());
+            assert!(ep.alloc(16 << 10).is_registered());
             // Hold 4 MiB buffers until the class runs dry: then the heap.
             let mut held = Vec::new();
             let last = loop {
