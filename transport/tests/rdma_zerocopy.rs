@@ -3,6 +3,13 @@
 //! (`RdmaEndpoint::zc_stats`, a test hook): bytes sent by WRITE from the pool, bytes copied
 //! on send, bytes handed up without a copy and bytes copied on receive.
 //!
+//! Covered: a 4 MiB `alloc` payload copied on neither side; small and large pieces mixed in
+//! one stream, in order; pool exhaustion falling back to the heap (and the chunks coming
+//! back); a receiver holding every slab stalls the sender (no RNR, no copy fallback, no loss)
+//! until it drops them; the receiver vanishing mid-WRITE, and the writer process killed
+//! mid-WRITE, give `Reset`; a hand-off keeps zero-copy (fresh slabs on the new core, held
+//! `Bytes` of the old one still valid) and echoes received slabs back by WRITE.
+//!
 //! Runs inside `scripts/rxe-vm` with `CW_RDMA_REQUIRE=1`, in the dispatch mode
 //! `CW_RDMA_DISPATCH` selects. Without a device each test returns early.
 #![cfg(feature = "rdma")]
@@ -359,6 +366,63 @@ fn peer_gone_mid_write_resets() {
         },
     );
     eprintln!("sender reset: {reason}");
+}
+
+#[test]
+fn writer_killed_mid_write_resets_the_receiver() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let rt = Runtime::builder().cores(1).build().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
+    let server = rt.spawn_on(0, move || async move {
+        let l = transport().listen(&rdma_env::listen_addr()).await.unwrap();
+        addr_tx.send(l.local_addr()).unwrap();
+        let ep = timer::timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+        let mut told = false;
+        let mut total = 0usize;
+        let r = timer::timeout(LIMIT, async {
+            loop {
+                match ep.recv().await {
+                    Ok(b) => {
+                        total += b.len();
+                        if total >= 4 * MIB && !told {
+                            told = true;
+                            got_tx.send(()).unwrap();
+                        }
+                    }
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("no error after the kill");
+        (r, total, ep.zc_stats())
+    });
+    let addr = addr_rx.recv_timeout(LIMIT).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corewire-transport-peer"))
+        .arg(addr.to_string())
+        .arg("alloc-stream")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    got_rx.recv_timeout(LIMIT).unwrap();
+    // More 4 MiB WRITEs are queued or on the wire now.
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (e, total, st) = rt.block_on(server).unwrap();
+    eprintln!("receiver after {total} bytes: {e}; {st:?}");
+    assert!(
+        matches!(e, TransportError::Reset { .. }),
+        "expected Reset, got {e}"
+    );
+    assert!(st.recv_zero_copy_bytes >= 4 * MIB as u64, "{st:?}");
+    rt.shutdown().unwrap();
 }
 
 #[test]
