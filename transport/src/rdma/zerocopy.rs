@@ -93,6 +93,8 @@ pub struct RdmaZcStats {
 pub(crate) struct ZcConn {
     /// The peer advertises buffers (setup flag `ZC`).
     pub peer_zc: Cell<bool>,
+    /// This side advertises buffers (it sent the flag; it owns slabs).
+    pub local_zc: Cell<bool>,
     /// The peer's buffers, in advertisement order, with their numbers.
     pub remote: RefCell<VecDeque<(RemoteBuf, u32)>>,
     /// Number of the next buffer the peer advertises.
