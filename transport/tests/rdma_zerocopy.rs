@@ -3,6 +3,14 @@
 //! (`RdmaEndpoint::zc_stats`, a test hook): bytes sent by WRITE from the pool, bytes copied
 //! on send, bytes handed up without a copy and bytes copied on receive.
 //!
+//! Covered: a 4 MiB `alloc` payload copied on neither side; small and large pieces mixed in
+//! one stream, in order; pool exhaustion falling back to the heap (and the chunks coming
+//! back); a receiver holding every slab stalls the sender (no RNR, no copy fallback, no loss)
+//! until it drops them; the receiver vanishing mid-WRITE, and the writer process killed
+//! mid-WRITE, give `Reset`; a hand-off to a core without a free slab fails with a typed
+//! error (and the peer is reset) instead of leaving the peer waiting; a hand-off keeps zero-copy (fresh slabs on the new core, held
+//! `Bytes` of the old one still valid) and echoes received slabs back by WRITE.
+//!
 //! Runs inside `scripts/rxe-vm` with `CW_RDMA_REQUIRE=1`, in the dispatch mode
 //! `CW_RDMA_DISPATCH` selects. Without a device each test returns early.
 #![cfg(feature = "rdma")]
@@ -237,6 +245,11 @@ fn pool_exhaustion_falls_back_to_heap() {
             st
         },
         move |ep| async move {
+            // Below the WRITE threshold (sent by SEND anyway) and above the largest class:
+            // the heap, documented.
+            assert!(!ep.alloc(1000).is_registered());
+            assert!(!ep.alloc(5 * MIB).is_registered());
+            assert!(ep.alloc(16 << 10).is_registered());
             // Hold 4 MiB buffers until the class runs dry: then the heap.
             let mut held = Vec::new();
             let last = loop {
@@ -354,6 +367,128 @@ fn peer_gone_mid_write_resets() {
         },
     );
     eprintln!("sender reset: {reason}");
+}
+
+#[test]
+fn writer_killed_mid_write_resets_the_receiver() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    let rt = Runtime::builder().cores(1).build().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
+    let server = rt.spawn_on(0, move || async move {
+        let l = transport().listen(&rdma_env::listen_addr()).await.unwrap();
+        addr_tx.send(l.local_addr()).unwrap();
+        let ep = timer::timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+        let mut told = false;
+        let mut total = 0usize;
+        let r = timer::timeout(LIMIT, async {
+            loop {
+                match ep.recv().await {
+                    Ok(b) => {
+                        total += b.len();
+                        if total >= 4 * MIB && !told {
+                            told = true;
+                            got_tx.send(()).unwrap();
+                        }
+                    }
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("no error after the kill");
+        (r, total, ep.zc_stats())
+    });
+    let addr = addr_rx.recv_timeout(LIMIT).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corewire-transport-peer"))
+        .arg(addr.to_string())
+        .arg("alloc-stream")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    got_rx.recv_timeout(LIMIT).unwrap();
+    // More 4 MiB WRITEs are queued or on the wire now.
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (e, total, st) = rt.block_on(server).unwrap();
+    eprintln!("receiver after {total} bytes: {e}; {st:?}");
+    assert!(
+        matches!(e, TransportError::Reset { .. }),
+        "expected Reset, got {e}"
+    );
+    assert!(st.recv_zero_copy_bytes >= 4 * MIB as u64, "{st:?}");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn handoff_to_a_core_without_free_slabs_is_refused_with_a_typed_error() {
+    if !rdma_env::device_present() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rt = Runtime::builder().cores(2).build().unwrap();
+    let handle = rt.handle();
+    let filled = Arc::new(AtomicBool::new(false));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
+    let f2 = filled.clone();
+    // Core 1: accept the victim (it gets slabs on core 1), wait until core 0's receive slabs
+    // are all taken, then move the victim there.
+    let server = rt.spawn_on(1, move || async move {
+        let l = transport().listen(&rdma_env::listen_addr()).await.unwrap();
+        addr_tx.send(l.local_addr()).unwrap();
+        let ep = timer::timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+        assert_eq!(&ep.recv().await.unwrap()[..], b"v");
+        while !f2.load(Ordering::SeqCst) {
+            timer::sleep(Duration::from_millis(5)).await;
+        }
+        let t = ep.into_transfer().map_err(|(e, _)| e).expect("quiescent");
+        let r = handle
+            .spawn_on(
+                0,
+                move || async move { t.attach().err().map(|e| e.to_string()) },
+            )
+            .await
+            .unwrap();
+        drop(l); // the fillers' accepted endpoints go with the listener
+        r
+    });
+    let addr = addr_rx.recv_timeout(LIMIT).unwrap();
+    let client = rt.spawn_on(0, move || async move {
+        let t = transport();
+        let victim = t.connect(&addr).await.unwrap();
+        victim.send(vec![Bytes::from_static(b"v")]).await.unwrap();
+        // Every connection reserves up to 8 of the core's 32 slabs: these take the rest.
+        let mut fillers = Vec::new();
+        for _ in 0..6 {
+            fillers.push(t.connect(&addr).await.unwrap());
+        }
+        filled.store(true, Ordering::SeqCst);
+        let r = timer::timeout(LIMIT, victim.recv())
+            .await
+            .expect("victim hangs");
+        drop(fillers);
+        r.map(|b| b.len())
+    });
+    let refused = rt.block_on(server).unwrap();
+    let victim = rt.block_on(client).unwrap();
+    eprintln!("attach: {refused:?}\nvictim: {victim:?}");
+    let refused = refused.expect("attach must fail");
+    assert!(
+        refused.contains("no free zero-copy receive slab"),
+        "{refused}"
+    );
+    assert!(
+        matches!(victim, Err(TransportError::Reset { .. })),
+        "the peer of the dropped connection is reset: {victim:?}"
+    );
+    rt.shutdown().unwrap();
 }
 
 #[test]

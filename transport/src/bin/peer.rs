@@ -5,6 +5,9 @@
 //! - `partial-frame`: connect, send a frame header announcing 1 MiB and 64 KiB of it, print
 //!   `ready`, then wait (to be killed mid-stream).
 //! - `echo-once`: connect, send one framed message `hello`, wait for the echo, print it.
+//! - `alloc-stream`: connect, send 4 MiB `Endpoint::alloc` buffers (zero-copy RDMA WRITEs
+//!   over rdma) back to back, print `ready` after the first, and go on (to be killed with
+//!   WRITEs in flight).
 
 use std::io::Write;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use corewire_transport::{Address, Endpoint};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {
-        eprintln!("usage: corewire-transport-peer ADDR partial-frame|echo-once");
+        eprintln!("usage: corewire-transport-peer ADDR partial-frame|echo-once|alloc-stream");
         std::process::exit(2);
     }
     let addr: Address = match args[1].parse() {
@@ -48,6 +51,19 @@ fn main() {
                 println!("ready");
                 let _ = std::io::stdout().flush();
                 timer::sleep(Duration::from_secs(120)).await;
+                Ok(())
+            }
+            "alloc-stream" => {
+                for i in 0u64.. {
+                    let mut b = ep.alloc(4 << 20);
+                    b.fill(i as u8);
+                    ep.send(vec![b.freeze()]).await.map_err(|e| e.to_string())?;
+                    if i == 0 {
+                        ep.flush().await.map_err(|e| e.to_string())?;
+                        println!("ready");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
                 Ok(())
             }
             "echo-once" => {

@@ -31,7 +31,9 @@
 //! move like any send. On the move both sides forget the peer's slab advertisements; the
 //! mover copies written but unreturned slabs into the transfer and gives its slabs back to
 //! the old core (slabs still held by the user go back there when dropped), reserves slabs on
-//! the target core and advertises them once live; the staying side re-advertises its own on
+//! the target core (`attach` fails with `Unavailable` if it has none free: the peer, told at
+//! setup that this side advertises, would otherwise wait forever) and advertises them once
+//! live; the staying side re-advertises its own on
 //! the new QP. See [`crate::rdma::zerocopy`].
 //!
 //! The peer's old QP may notice the mover's teardown first (a send retried to exhaustion):
@@ -96,6 +98,8 @@ pub struct RdmaTransfer {
     pending: VecDeque<Bytes>,
     eof: bool,
     peer_zc: bool,
+    /// This side told the peer it advertises slabs (the target core must have one).
+    local_zc: bool,
     data_sent: u64,
     data_recvd: u64,
 }
@@ -159,6 +163,7 @@ pub(crate) fn detach(
         pending,
         eof: c.eof.get(),
         peer_zc: c.zc.peer_zc.get(),
+        local_zc: c.zc.local_zc.get(),
         data_sent: c.data_sent.get(),
         data_recvd: c.data_recvd.get(),
     };
@@ -240,8 +245,19 @@ impl Transfer for RdmaTransfer {
         let core = core_rdma(opts)?;
         let stream = TcpStream::from_std(self.stream)
             .map_err(|e| TransportError::from_io(&self.peer, "adopt the rdma side channel", e))?;
-        core.reserve_cq(QP_CQ_BUDGET)?;
         let slabs = RxSlabs::reserve(&core);
+        if self.local_zc && slabs.0.is_empty() {
+            // The peer was told (at setup) that this side advertises receive slabs and waits
+            // for them before a large send: without one here it would wait forever.
+            return Err(TransportError::Unavailable {
+                what: format!(
+                    "rdma hand-off to core {core_id}: no free zero-copy receive slab for the \
+                     connection to {} (its peer expects advertisements); connection dropped",
+                    self.peer
+                ),
+            });
+        }
+        core.reserve_cq(QP_CQ_BUDGET)?;
         let made = create_qp(&core).and_then(|qp| Ok((qp, create_recv_mr(&core)?)));
         let (qp, recv_mr) = match made {
             Ok(x) => x,

@@ -131,6 +131,10 @@ impl Conn {
                         core.pool.put(c);
                     }
                 }
+                // Empty buffers carry nothing (and must not end a copy run at zero bytes).
+                while taken.front().is_some_and(Bytes::is_empty) {
+                    taken.pop_front();
+                }
                 if queued > 0 && credits >= 2 {
                     let front = taken.front_mut().expect("bytes queued");
                     if let Some(lkey) = zc_lkey(front) {

@@ -341,6 +341,7 @@ impl<'a> RxSlabs<'a> {
     pub fn hand_to(mut self, core: &CoreRdma, conn: &Rc<Conn>) {
         let slabs = std::mem::take(&mut self.0);
         if let Some(p) = &core.zc {
+            conn.zc.local_zc.set(!slabs.is_empty());
             p.adopt_rx(&slabs, conn);
             conn.zc.to_advertise.borrow_mut().extend(slabs);
         }

@@ -29,6 +29,12 @@
 //! - **Order.** WRITE WITH IMM and SEND consume the peer's receives in posting order (RC), so
 //!   `recv` returns pieces in stream order: a written slab is one chunk of the stream, handed
 //!   up without a copy ([`Ready::Large`]).
+//! - **Limitation.** An advertisement obeys the data rule (never the last send credit: the
+//!   credit-deadlock argument of [`crate::rdma::conn`] needs that). So a receiver whose own
+//!   data fills the writer's receive buffers, unread by the writer's user, cannot
+//!   re-advertise until that user reads: a side that stops reading can stall its own large
+//!   sends (small ones, SEND-only, are not affected). A connection always reading (the
+//!   messenger) never sees this.
 //! - **Hand-off.** Registered memory is per core. `into_transfer` is refused while a WRITE is
 //!   in flight or queued (as any send). On a move both sides forget the peer's advertisements
 //!   and number from zero again: the mover gives back its slabs on the old core (slabs still
@@ -87,6 +93,8 @@ pub struct RdmaZcStats {
 pub(crate) struct ZcConn {
     /// The peer advertises buffers (setup flag `ZC`).
     pub peer_zc: Cell<bool>,
+    /// This side advertises buffers (it sent the flag; it owns slabs).
+    pub local_zc: Cell<bool>,
     /// The peer's buffers, in advertisement order, with their numbers.
     pub remote: RefCell<VecDeque<(RemoteBuf, u32)>>,
     /// Number of the next buffer the peer advertises.
