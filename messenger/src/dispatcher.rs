@@ -2,13 +2,16 @@
 //! `Dispatcher`). Dispatchers form a chain ([`DispatcherChain`]); a message goes to each in
 //! turn until one claims it.
 //!
-//! Where hooks run: `ms_fast_dispatch` inline on the connection's core, straight from the
-//! reader (keep it short, never block); `ms_dispatch` on the connection's core too, from a
-//! per-connection dispatch task, in arrival order; connection events on the connection's core.
+//! Where hooks run, by default ([`DispatchMode::Sharded`]): `ms_fast_dispatch` inline on the
+//! connection's core, straight from the reader (keep it short, never block); `ms_dispatch` on
+//! the connection's core too, right after, in arrival order; connection events on the
+//! connection's core. In [`DispatchMode::Central`] all of them run on the messenger's one
+//! `ms_dispatch` thread, in the same order per connection ([`crate::dispatch_queue`]).
 
 use std::sync::Arc;
 
 use crate::connection::ConnectionRef;
+use crate::dispatch_queue::{run_message, CentralQueue, DispatchMode, Item};
 use crate::error::MessengerError;
 use crate::message::Message;
 
@@ -55,15 +58,22 @@ pub trait Dispatcher: Send + Sync + 'static {
 }
 
 /// An ordered chain of dispatchers, fixed once the messenger starts (so reading it needs no
-/// lock).
+/// lock). In [`DispatchMode::Central`] every message and event goes through the messenger's
+/// one `ms_dispatch` thread instead ([`crate::dispatch_queue`]).
 #[derive(Clone, Default)]
 pub struct DispatcherChain {
     list: Arc<[Arc<dyn Dispatcher>]>,
+    central: Option<Arc<CentralQueue>>,
 }
 
 impl DispatcherChain {
-    pub(crate) fn new(list: Vec<Arc<dyn Dispatcher>>) -> Self {
-        DispatcherChain { list: list.into() }
+    pub(crate) fn new(list: Vec<Arc<dyn Dispatcher>>, mode: DispatchMode) -> std::io::Result<Self> {
+        let list: Arc<[Arc<dyn Dispatcher>]> = list.into();
+        let central = match mode {
+            DispatchMode::Sharded => None,
+            DispatchMode::Central => Some(CentralQueue::start(list.clone())?),
+        };
+        Ok(DispatcherChain { list, central })
     }
 
     /// Number of dispatchers.
@@ -76,45 +86,59 @@ impl DispatcherChain {
         self.list.is_empty()
     }
 
-    /// Fast-dispatch `msg` if a dispatcher can; otherwise hand it back.
-    pub(crate) fn try_fast(&self, conn: &ConnectionRef, msg: Message) -> Option<Message> {
-        match self.list.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
-            Some(d) => {
-                d.ms_fast_dispatch(conn, msg);
-                None
-            }
-            None => Some(msg),
+    pub(crate) fn central(&self) -> Option<&Arc<CentralQueue>> {
+        self.central.as_ref()
+    }
+
+    /// Hand a received message to the dispatchers: here, fast dispatch first, then the chain
+    /// (sharded), or onto the central queue.
+    pub(crate) fn deliver(&self, conn: &ConnectionRef, msg: Message) {
+        match &self.central {
+            None => run_message(&self.list, conn, msg),
+            Some(q) => q.push(Item::Message(conn.clone(), msg)),
         }
     }
 
-    /// Offer `msg` to each dispatcher until one claims it.
-    pub(crate) fn dispatch(&self, conn: &ConnectionRef, mut msg: Message) {
-        for d in self.list.iter() {
-            match d.ms_dispatch(conn, msg) {
-                Dispatched::Claimed => return,
-                Dispatched::NotClaimed(m) => msg = m,
-            }
+    /// Run `f` against the chain here (sharded) or on the central thread, in order with the
+    /// messages queued before it.
+    fn event(&self, f: impl FnOnce(&[Arc<dyn Dispatcher>]) + Send + 'static) {
+        match &self.central {
+            None => f(&self.list),
+            Some(q) => q.push(Item::Event(Box::new(f))),
         }
-        tracing::debug!(peer = %conn.peer_addr(), msg_type = msg.msg_type, "unclaimed message dropped");
     }
 
     pub(crate) fn connect(&self, conn: &ConnectionRef) {
-        self.list.iter().for_each(|d| d.ms_handle_connect(conn));
+        let c = conn.clone();
+        self.event(move |l| l.iter().for_each(|d| d.ms_handle_connect(&c)));
     }
 
     pub(crate) fn accept(&self, conn: &ConnectionRef) {
-        self.list.iter().for_each(|d| d.ms_handle_accept(conn));
+        let c = conn.clone();
+        self.event(move |l| l.iter().for_each(|d| d.ms_handle_accept(&c)));
     }
 
-    pub(crate) fn reset(&self, conn: &ConnectionRef, reason: &MessengerError) {
-        let _ = self.list.iter().any(|d| d.ms_handle_reset(conn, reason));
+    /// `ms_handle_reset` with the connection's close reason (set before this is called).
+    pub(crate) fn reset(&self, conn: &ConnectionRef) {
+        let c = conn.clone();
+        self.event(move |l| {
+            if let Some(reason) = c.close_reason() {
+                let _ = l.iter().any(|d| d.ms_handle_reset(&c, reason));
+            }
+        });
     }
 
     pub(crate) fn remote_reset(&self, conn: &ConnectionRef) {
-        let _ = self.list.iter().any(|d| d.ms_handle_remote_reset(conn));
+        let c = conn.clone();
+        self.event(move |l| {
+            let _ = l.iter().any(|d| d.ms_handle_remote_reset(&c));
+        });
     }
 
     pub(crate) fn refused(&self, conn: &ConnectionRef) {
-        let _ = self.list.iter().any(|d| d.ms_handle_refused(conn));
+        let c = conn.clone();
+        self.event(move |l| {
+            let _ = l.iter().any(|d| d.ms_handle_refused(&c));
+        });
     }
 }

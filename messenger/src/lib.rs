@@ -5,7 +5,8 @@
 //! mark down, shutdown, wait), [`ConnectionRef`], the handshake ([`protocol`]), the I/O handler
 //! ([`io`]), the bounded out-queue ([`outq`]) and how it holds senders back
 //! ([`backpressure`]: `try_send` refuses, `send_async` waits), [`Message`], [`Dispatcher`]
-//! chains and [`Policy`]. The wire layer ([`wire`]) holds the banner, frames and Ceph's
+//! chains and [`Policy`]. Dispatchers run on each connection's core by default, or on one
+//! `ms_dispatch` thread as Ceph's `DispatchQueue` ([`dispatch_queue`], for comparison). The wire layer ([`wire`]) holds the banner, frames and Ceph's
 //! encodings.
 //!
 //! Sessions follow Ceph's policies: a lossy session ends at its first fault
@@ -15,7 +16,7 @@
 //! docs in `src/driver.rs`, rules in [`protocol`]). Connection races between lossless peers end
 //! with one session. A SESSION_RECONNECT claiming more messages than were sent is refused
 //! ([`MessengerError::SeqAhead`]). Faults can be injected for tests ([`fault`]: `inject_socket_failures`, a
-//! frame [`Interceptor`]). Not yet: dispatch throttles.
+//! frame [`Interceptor`]).
 //!
 //! ## Interop with Ceph
 //!
@@ -43,6 +44,7 @@
 pub mod backpressure;
 pub mod ceph;
 pub mod connection;
+pub mod dispatch_queue;
 pub mod dispatcher;
 mod driver;
 pub mod error;
@@ -58,6 +60,7 @@ pub mod throttle;
 pub mod wire;
 
 pub use connection::{ConnKind, ConnectionRef, PeerAddr, PeerInfo};
+pub use dispatch_queue::DispatchMode;
 pub use dispatcher::{Dispatched, Dispatcher, DispatcherChain};
 pub use error::{MessengerError, Result, SendRejected};
 pub use fault::{Direction, Intercept, Interceptor};

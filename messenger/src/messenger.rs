@@ -13,6 +13,7 @@ use corewire_runtime::{current_core, spawn_local, Handle};
 use corewire_transport::{Address, EndpointConfig, Listener, Transport, TransportKind};
 
 use crate::connection::{ConnectionRef, PeerAddr};
+use crate::dispatch_queue::DispatchMode;
 use crate::dispatcher::{Dispatcher, DispatcherChain};
 use crate::error::{MessengerError, Result};
 use crate::fault::{Faults, Interceptor};
@@ -78,6 +79,7 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) dispatch_throttle: ThrottleLimits,
     pub(crate) out_limits: OutQueueLimits,
+    pub(crate) dispatch_mode: DispatchMode,
     /// Back-off between reconnect attempts of a lossless session: first, most.
     pub(crate) reconnect_backoff: (Duration, Duration),
     /// Session events (control path only, never per message).
@@ -89,6 +91,15 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
     done: AtomicBool,
     waiters: Mutex<Vec<Waker>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A messenger dropped without shutdown: let the ms_dispatch thread end.
+        if let Some(q) = self.chain.get().and_then(|c| c.central()) {
+            q.close();
+        }
+    }
 }
 
 impl Shared {
@@ -173,6 +184,13 @@ pub struct MessengerCounters {
     /// on arrival (connection closed, messenger stopped) and were dropped
     /// ([`crate::backpressure`]).
     pub out_queue_drops: u64,
+    /// [`DispatchMode::Central`]: messages and events run on the `ms_dispatch` thread.
+    pub central_dispatched: u64,
+    /// [`DispatchMode::Central`]: dispatcher panics caught on the `ms_dispatch` thread.
+    pub dispatcher_panics: u64,
+    /// [`DispatchMode::Central`]: messages and events waiting for the `ms_dispatch` thread
+    /// now (a gauge; the dispatch throttle bounds the messages' bytes).
+    pub central_queued: u64,
 }
 
 /// Builds a [`Messenger`]; see [`Messenger::builder`].
@@ -192,6 +210,7 @@ pub struct MessengerBuilder {
     reconnect_backoff: (Duration, Duration),
     dispatch_throttle: ThrottleLimits,
     out_limits: OutQueueLimits,
+    dispatch_mode: DispatchMode,
 }
 
 impl MessengerBuilder {
@@ -274,6 +293,13 @@ impl MessengerBuilder {
         self.out_limits = limits;
         self
     }
+    /// Where the dispatchers run (default [`DispatchMode::Sharded`]: on each connection's
+    /// core; [`DispatchMode::Central`]: on one `ms_dispatch` thread fed by every core, as
+    /// Ceph's `DispatchQueue`, kept for comparison: [`crate::dispatch_queue`]).
+    pub fn dispatch_mode(mut self, mode: DispatchMode) -> Self {
+        self.dispatch_mode = mode;
+        self
+    }
     /// Testing: break the transport about once every `n` socket operations (frames read,
     /// batches written), like Ceph's `ms_inject_socket_failures` (default 0: never).
     pub fn inject_socket_failures(mut self, n: u32) -> Self {
@@ -324,6 +350,7 @@ impl MessengerBuilder {
             faults: self.faults,
             dispatch_throttle: self.dispatch_throttle,
             out_limits: self.out_limits,
+            dispatch_mode: self.dispatch_mode,
             reconnect_backoff: self.reconnect_backoff,
             counters: SessionCounters::default(),
             global_seq: AtomicU64::new(0),
@@ -364,6 +391,7 @@ impl Messenger {
             reconnect_backoff: DEFAULT_RECONNECT_BACKOFF,
             dispatch_throttle: DEFAULT_DISPATCH_THROTTLE,
             out_limits: DEFAULT_OUT_QUEUE_LIMITS,
+            dispatch_mode: DispatchMode::Sharded,
         }
     }
 
@@ -386,6 +414,12 @@ impl Messenger {
     pub fn counters(&self) -> MessengerCounters {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let central = self
+            .shared
+            .chain
+            .get()
+            .and_then(|ch| ch.central())
+            .map_or((0, 0, 0), |q| q.counts());
         MessengerCounters {
             sessions_opened: get(&c.sessions_opened),
             sessions_resumed: get(&c.sessions_resumed),
@@ -394,7 +428,28 @@ impl Messenger {
             injected_faults: get(&self.shared.faults.injected),
             standby_reconnects: get(&c.standby_reconnects),
             out_queue_drops: get(&c.out_queue_drops),
+            central_dispatched: central.0,
+            dispatcher_panics: central.1,
+            central_queued: central.2,
         }
+    }
+
+    /// Where this messenger's dispatchers run.
+    pub fn dispatch_mode(&self) -> DispatchMode {
+        self.shared.dispatch_mode
+    }
+
+    /// The kernel thread id of the `ms_dispatch` thread ([`DispatchMode::Central`], once
+    /// started; None otherwise), for per-thread CPU accounting.
+    pub fn dispatch_thread_tid(&self) -> Option<i32> {
+        let q = self.shared.chain.get()?.central()?;
+        for _ in 0..1000 {
+            match q.tid() {
+                0 => std::thread::sleep(Duration::from_millis(1)),
+                t => return Some(t),
+            }
+        }
+        None
     }
 
     /// The core that owns connections to `peer`: `hash(addr, nonce) % cores`.
@@ -465,10 +520,16 @@ impl Messenger {
 
     /// Fix the dispatcher chain and start accepting (if bound).
     pub fn start(&self) -> Result<()> {
+        if self.shared.chain.get().is_some() {
+            return Err(MessengerError::state("start", "already started"));
+        }
         let list = std::mem::take(&mut *self.shared.pending_dispatchers.lock().expect("poison"));
+        let chain = DispatcherChain::new(list, self.shared.dispatch_mode).map_err(|e| {
+            MessengerError::Config(format!("cannot start the ms_dispatch thread: {e}"))
+        })?;
         self.shared
             .chain
-            .set(DispatcherChain::new(list))
+            .set(chain)
             .map_err(|_| MessengerError::state("start", "already started"))?;
         if self.shared.my_addr.get().is_some() {
             let m = self.shared.clone();
@@ -641,6 +702,14 @@ impl Messenger {
                     .handle
                     .spawn_on(core, move || session::stop_core(id))
                     .await?;
+            }
+        }
+        // Central dispatch: what the cores queued (their connections' resets among it) is
+        // dispatched, then the thread exits; not waited for from that thread itself.
+        if let Some(q) = self.shared.chain.get().and_then(|c| c.central()) {
+            q.close();
+            if !q.is_current_thread() {
+                q.exited().await;
             }
         }
         self.shared.done.store(true, Ordering::Release);

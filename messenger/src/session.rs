@@ -285,10 +285,7 @@ impl CoreState {
         let seq = self.local_seq.get() + 1;
         self.local_seq.set(seq);
         msg.seq = seq;
-        let chain = self.msgr.chain();
-        if let Some(m) = chain.try_fast(conn, msg) {
-            chain.dispatch(conn, m);
-        }
+        self.msgr.chain().deliver(conn, msg);
     }
 }
 
@@ -448,9 +445,7 @@ impl Conn {
     /// Hand a received message to the dispatchers (fast dispatch first), on this core.
     pub(crate) fn dispatch(&self, msg: Message) {
         debug_assert_on_core(self.cref.core());
-        if let Some(m) = self.chain.try_fast(&self.cref, msg) {
-            self.chain.dispatch(&self.cref, m);
-        }
+        self.chain.deliver(&self.cref, msg);
     }
 }
 
@@ -462,11 +457,10 @@ pub(crate) fn report_close(cref: &ConnectionRef, chain: &DispatcherChain, err: M
         tracing::debug!(peer = %cref.peer(), error = %err, "connection closed");
     }
     let _ = cref.inner.closed.set(err);
-    let err = cref.close_reason().expect("just set");
     if refused {
         chain.refused(cref);
     } else if !local {
-        chain.reset(cref, err);
+        chain.reset(cref);
     }
 }
 

@@ -20,10 +20,12 @@ use corewire_transport::{
 };
 
 pub mod bad_session;
+pub mod central;
 pub mod lossless;
 pub mod outq;
 pub mod raw;
 pub use bad_session::*;
+pub use central::*;
 pub use lossless::*;
 pub use outq::*;
 
@@ -40,7 +42,7 @@ pub trait Harness: Clone + Send + Sync + 'static {
 
 /// How long a test waits for what it expects: 60 s, or `CW_SUITE_WAIT_SECS` (the RDMA run
 /// under emulation raises it; the tests assert on behaviour, not on timing).
-fn limit() -> Duration {
+pub fn limit() -> Duration {
     let secs = std::env::var("CW_SUITE_WAIT_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -597,6 +599,9 @@ macro_rules! messenger_tests {
             forged_session_reconnects_get_the_protocol_answer,
             malformed_session_reconnect_is_a_typed_error,
             server_vanishing_after_wait_or_retry_does_not_hang,
+            central_dispatch_one_thread_in_order,
+            central_queue_is_bounded_by_the_throttle,
+            central_shutdown_drains_and_ends_the_thread,
         );
     };
     // The tests that need `entity_addr_t` to carry the transport's address (tcp, rdma).
