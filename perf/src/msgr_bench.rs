@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corewire_messenger::wire::{EntityName, EntityType};
-use corewire_messenger::{ConnectionRef, Dispatcher, Message, Messenger};
+use corewire_messenger::{ConnectionRef, DispatchMode, Dispatcher, Message, Messenger};
 use corewire_runtime::{timer, CoreStats, Handle, Runtime};
 use corewire_transport::Address;
 use hdrhistogram::Histogram;
 
 use crate::report::histogram;
+use crate::thread_cpu::{self, ThreadUse};
 
 /// Request type (`CEPH_MSG_OSD_OP`, as perf_msgr's MOSDOp).
 pub const MSG_REQ: u16 = 42;
@@ -125,16 +126,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind `listen` on a runtime built from `rt` (its core threads are named `srv-N`).
+    /// Bind `listen` on a runtime built from `rt` (its core threads are named `srv-N`), the
+    /// responder dispatched as `dispatch` says (central: on the messenger's `ms_dispatch`
+    /// thread, whose CPU counts as the server's).
     pub fn start(
         rt: corewire_runtime::RuntimeBuilder,
         listen: &Address,
         think: Duration,
+        dispatch: DispatchMode,
     ) -> io::Result<Server> {
         let rt = rt.thread_name("srv").build().map_err(merr)?;
         let msgr = Messenger::builder(EntityName::new(EntityType::Osd, 0))
             .transport(listen.kind())
             .handle(rt.handle())
+            .dispatch_mode(dispatch)
             .build()
             .map_err(merr)?;
         let addr = rt.block_on(msgr.bind(listen)).map_err(merr)?;
@@ -144,7 +149,8 @@ impl Server {
         });
         msgr.add_dispatcher_tail(responder.clone()).map_err(merr)?;
         msgr.start().map_err(merr)?;
-        let tids = core_tids(&rt.handle())?;
+        let mut tids = core_tids(&rt.handle())?;
+        tids.extend(msgr.dispatch_thread_tid());
         Ok(Server {
             rt,
             msgr,
@@ -164,7 +170,11 @@ impl Server {
     pub fn requests(&self) -> u64 {
         self.responder.requests.load(Ordering::Relaxed)
     }
-    /// CPU time of the server's core threads so far.
+    /// Where the server's dispatcher runs.
+    pub fn dispatch(&self) -> DispatchMode {
+        self.msgr.dispatch_mode()
+    }
+    /// CPU time of the server's core threads (and `ms_dispatch` thread) so far.
     pub fn cpu(&self) -> Duration {
         sum_cpu(&self.tids)
     }
@@ -312,6 +322,18 @@ pub struct MsgrResult {
     pub cpu_server: Option<Duration>,
     pub client_cores: Vec<CoreStats>,
     pub server_cores: Vec<CoreStats>,
+    /// Where the server's dispatcher ran ("sharded", "central"; in-process server only).
+    pub dispatch: Option<&'static str>,
+    /// Every thread of this process over the measured interval (CPU %).
+    pub threads: Vec<ThreadUse>,
+}
+
+/// The name of a dispatch mode in reports.
+pub fn dispatch_name(d: DispatchMode) -> &'static str {
+    match d {
+        DispatchMode::Sharded => "sharded",
+        DispatchMode::Central => "central",
+    }
 }
 
 impl MsgrResult {
@@ -374,13 +396,28 @@ impl MsgrResult {
             },
             "client_cores": cores(&self.client_cores),
             "server_cores": cores(&self.server_cores),
+            "dispatch": self.dispatch,
+            "threads": self.busy_threads().iter().map(|t| serde_json::json!({
+                "tid": t.tid, "name": t.name, "cpu_pct": t.pct,
+            })).collect::<Vec<_>>(),
         })
+    }
+
+    /// Threads that used at least 1 % of a CPU over the interval, busiest first.
+    pub fn busy_threads(&self) -> Vec<&ThreadUse> {
+        let mut v: Vec<&ThreadUse> = self.threads.iter().filter(|t| t.pct >= 1.0).collect();
+        v.sort_by(|a, b| b.pct.total_cmp(&a.pct));
+        v
     }
 
     pub fn render(&self) -> String {
         let mut s = format!(
-            "corewire messenger ({}, msgr2.1 crc): {} job(s), {} B requests, empty replies, {} in flight\n",
-            self.transport, self.jobs, self.msg_size, self.concurrency
+            "corewire messenger ({}, msgr2.1 crc{}): {} job(s), {} B requests, empty replies, {} in flight\n",
+            self.transport,
+            self.dispatch.map_or(String::new(), |d| format!(", {d} dispatch")),
+            self.jobs,
+            self.msg_size,
+            self.concurrency
         );
         s += &format!(
             "  {:.0} msgs/s, {:.1} MB/s  ({} msgs in {:.2} s)\n",
@@ -420,6 +457,14 @@ impl MsgrResult {
                     per(c.wakeups),
                 );
             }
+        }
+        let threads: Vec<String> = self
+            .busy_threads()
+            .iter()
+            .map(|t| format!("{} {:.0}%", t.name, t.pct))
+            .collect();
+        if !threads.is_empty() {
+            s += &format!("  threads (CPU %): {}\n", threads.join(", "));
         }
         s
     }
@@ -503,6 +548,7 @@ pub fn run_client(
             local.map(|s| s.cpu()),
             rt.handle().all_stats(),
             local.map(|s| s.handle().all_stats()).unwrap_or_default(),
+            thread_cpu::snapshot(),
         )
     };
     let start_sending = || {
@@ -635,6 +681,8 @@ pub fn run_client(
         cpu_server,
         client_cores: stats_since(after.3, &before.3),
         server_cores: stats_since(after.4, &before.4),
+        dispatch: local.map(|s| dispatch_name(s.dispatch())),
+        threads: thread_cpu::window(&before.5, &after.5).1,
     })
 }
 
@@ -675,16 +723,17 @@ pub fn listen_addr(kind: &str) -> io::Result<Address> {
 }
 
 /// What `bench` runs: a [`Server`] on `listen` and a client, each on its own runtime of
-/// `cores` cores (placed by [`in_process_cpus`]; threads `srv-N` and `cli-N`), one client run
-/// with `cfg`, then both shut down.
+/// `cores` cores (placed by [`in_process_cpus`]; threads `srv-N` and `cli-N`), the server's
+/// dispatcher placed by `dispatch`, one client run with `cfg`, then both shut down.
 pub fn run_in_process(
     listen: &Address,
     cores: usize,
     think: Duration,
+    dispatch: DispatchMode,
     cfg: &ClientConfig,
 ) -> io::Result<MsgrResult> {
     let (ccpus, scpus) = in_process_cpus(cores)?;
-    let server = Server::start(Runtime::builder().cpus(scpus), listen, think)?;
+    let server = Server::start(Runtime::builder().cpus(scpus), listen, think, dispatch)?;
     let crt = match Runtime::builder().cpus(ccpus).thread_name("cli").build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -7,6 +7,8 @@ use std::io::{self, BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use corewire_messenger::DispatchMode;
+
 use crate::msgr_bench::{listen_addr, run_in_process, ClientConfig, StopAfter};
 use crate::transport_bench::{tokio_tcp, Workload};
 
@@ -282,7 +284,13 @@ pub fn run_point(cfg: &SweepConfig, p: &Point) -> io::Result<PointResult> {
         },
         progress: false,
     };
-    let r = run_in_process(&listen_addr(&p.transport)?, p.cores, Duration::ZERO, &ccfg)?;
+    let r = run_in_process(
+        &listen_addr(&p.transport)?,
+        p.cores,
+        Duration::ZERO,
+        DispatchMode::Sharded,
+        &ccfg,
+    )?;
     if r.msgs == 0 {
         return Err(io::Error::other("no reply within the measured interval"));
     }

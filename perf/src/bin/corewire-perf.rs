@@ -22,6 +22,7 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use corewire_messenger::DispatchMode;
 use corewire_perf::iperf3::{self, Iperf3Result};
 use corewire_perf::msgr_bench::{
     self, in_process_cpus, listen_addr, phase, process_cpu, run_client, run_in_process,
@@ -108,6 +109,14 @@ enum Cmd {
         /// this benchmark, for --secs) and print the ratio of the two MB/s.
         #[arg(long)]
         iperf3: bool,
+        /// Where the server's dispatcher runs: on each connection's core (sharded), on one
+        /// `ms_dispatch` thread fed by every core as Ceph's DispatchQueue (central), or both
+        /// one after the other, with per-thread CPU % and the sharded/central ratio.
+        #[arg(long, value_enum, default_value = "sharded")]
+        dispatch: DispatchArg,
+        /// Runtime cores per side (client and server; 1 each is the reference workload).
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
     },
     /// What `bench` runs (without the tokio baseline unless --baseline), over every
     /// combination of transport, cores, request size and requests in flight; writes
@@ -161,6 +170,10 @@ enum Cmd {
         /// Think time per request before replying, in µs (a timer; the core is not blocked).
         #[arg(long, default_value_t = 0)]
         think_us: u64,
+        /// Where the dispatcher runs: sharded (each connection's core) or central (one
+        /// `ms_dispatch` thread, as Ceph's DispatchQueue).
+        #[arg(long, value_enum, default_value = "sharded")]
+        dispatch: DispatchArg,
     },
     /// Load a `server`: each job has its own messenger and connection, C requests in flight.
     Client {
@@ -264,6 +277,8 @@ fn main() -> std::io::Result<()> {
             json,
             phase_markers,
             iperf3: with_iperf3,
+            dispatch,
+            cores,
         } => {
             if with_iperf3 && iperf3::find().is_none() {
                 eprintln!("corewire-perf: --iperf3: {}", iperf3::MISSING);
@@ -285,12 +300,25 @@ fn main() -> std::io::Result<()> {
                 },
                 progress: !json,
             };
-            let r = run_in_process(
-                &listen_addr(transport.name())?,
-                1,
-                Duration::from_micros(think_us),
-                &cfg,
-            )?;
+            let modes = match dispatch {
+                DispatchArg::Sharded => vec![DispatchMode::Sharded],
+                DispatchArg::Central => vec![DispatchMode::Central],
+                DispatchArg::Both => vec![DispatchMode::Sharded, DispatchMode::Central],
+            };
+            let mut runs = Vec::new();
+            for mode in modes {
+                phase(&format!("{}_start", msgr_bench::dispatch_name(mode)));
+                runs.push(run_in_process(
+                    &listen_addr(transport.name())?,
+                    cores,
+                    Duration::from_micros(think_us),
+                    mode,
+                    &cfg,
+                )?);
+                phase(&format!("{}_end", msgr_bench::dispatch_name(mode)));
+            }
+            let r = runs.remove(0);
+            let central = runs.pop();
             let iperf = if with_iperf3 {
                 let (c, s) = in_process_cpus(1)?;
                 phase("iperf3_start");
@@ -319,6 +347,7 @@ fn main() -> std::io::Result<()> {
             };
             report(
                 &r,
+                central.as_ref(),
                 base.as_ref().map(|(m, cpu)| (m, *cpu)),
                 iperf.as_ref(),
                 json,
@@ -399,7 +428,17 @@ fn main() -> std::io::Result<()> {
             addr,
             cores,
             think_us,
+            dispatch,
         } => {
+            let dispatch = match dispatch {
+                DispatchArg::Sharded => DispatchMode::Sharded,
+                DispatchArg::Central => DispatchMode::Central,
+                DispatchArg::Both => {
+                    return Err(std::io::Error::other(
+                        "server --dispatch: sharded or central (both is for bench)",
+                    ))
+                }
+            };
             // Block the stop signals before any runtime thread exists (they inherit the
             // mask), then wait for one on this thread.
             // SAFETY: plain sigset manipulation on a local set.
@@ -415,7 +454,12 @@ fn main() -> std::io::Result<()> {
             if let Some(n) = cores {
                 b = b.cores(n);
             }
-            let server = Server::start(b, &parse_addr(&addr)?, Duration::from_micros(think_us))?;
+            let server = Server::start(
+                b,
+                &parse_addr(&addr)?,
+                Duration::from_micros(think_us),
+                dispatch,
+            )?;
             println!("listening on {}", server.addr());
             use std::io::Write;
             std::io::stdout().flush()?;
@@ -460,7 +504,7 @@ fn main() -> std::io::Result<()> {
             };
             let r = run_client(&rt, &parse_addr(&addr)?, &cfg, None)?;
             rt.shutdown().map_err(std::io::Error::other)?;
-            report(&r, None, None, json);
+            report(&r, None, None, None, json);
         }
     }
     Ok(())
@@ -468,11 +512,16 @@ fn main() -> std::io::Result<()> {
 
 fn report(
     r: &MsgrResult,
+    central: Option<&MsgrResult>,
     base: Option<(&corewire_perf::transport_bench::Measured, Duration)>,
     iperf: Option<&Iperf3Result>,
     json: bool,
 ) {
     let mut v = r.json();
+    if let Some(c) = central {
+        v["central"] = c.json();
+        v["ratio_sharded_to_central"] = serde_json::json!(r.msgs_per_sec() / c.msgs_per_sec());
+    }
     if let Some(i) = iperf {
         v["iperf3_mb_per_sec"] = serde_json::json!(i.mb_per_sec());
         v["ratio_vs_iperf3"] = serde_json::json!(r.mb_per_sec() / i.mb_per_sec());
@@ -502,6 +551,15 @@ fn report(
     }
     println!("corewire-perf: {REFERENCE}");
     print!("{}", r.render());
+    if let Some(c) = central {
+        print!("{}", c.render());
+        println!(
+            "ratio: sharded msgs/s / central msgs/s = {:.2} (server CPU µs/msg {:.2} vs {:.2})",
+            r.msgs_per_sec() / c.msgs_per_sec(),
+            r.cpu_us_per_msg_server().unwrap_or(f64::NAN),
+            c.cpu_us_per_msg_server().unwrap_or(f64::NAN),
+        );
+    }
     if let Some(i) = iperf {
         println!(
             "iperf3 (loopback tcp, 1 stream, {} s, -A {}, same run): {:.1} MB/s",
