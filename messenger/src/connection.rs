@@ -16,7 +16,7 @@ use crate::session;
 use crate::wire::{EntityName, EntityType};
 
 /// A peer: its transport address and its messenger's nonce (0 when not known, e.g. before
-/// connecting). Connections live on core `hash(addr, nonce) % cores`.
+/// connecting). Connections live on core `hash(addr, nonce, our nonce) % cores` ([`crate::Messenger::shard_of`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerAddr {
     pub addr: Address,

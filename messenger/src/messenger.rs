@@ -149,8 +149,19 @@ impl Shared {
         }
     }
     pub(crate) fn shard_of(&self, peer: &PeerAddr) -> usize {
-        (self.normalize(peer.clone()).shard_hash() % self.handle.cores() as u64) as usize
+        // Salted with our own nonce: the messengers of one process (a client's jobs, an
+        // OSD's public and cluster messengers) spread their connections to one peer over the
+        // cores instead of piling them onto the same one. Stable for the messenger's life.
+        let h = self.normalize(peer.clone()).shard_hash() ^ (u64::from(self.nonce) << 17);
+        (mix64(h) % self.handle.cores() as u64) as usize
     }
+}
+
+/// splitmix64's finalizer: every input bit reaches every output bit.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Counts of session events, kept on the control path (connects, faults), never per message.
@@ -452,7 +463,8 @@ impl Messenger {
         None
     }
 
-    /// The core that owns connections to `peer`: `hash(addr, nonce) % cores`.
+    /// The core that owns connections to `peer`: a hash of the peer's address and nonce,
+    /// salted with this messenger's nonce, modulo the cores.
     pub fn shard_of(&self, peer: &PeerAddr) -> usize {
         self.shared.shard_of(peer)
     }
