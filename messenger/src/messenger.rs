@@ -235,7 +235,7 @@ impl MessengerBuilder {
         self.handle = Some(h);
         self
     }
-    /// Endpoint limits.
+    /// Endpoint limits (default [`EndpointConfig::default`] with `receive_zero_copy` off).
     pub fn endpoint_config(mut self, cfg: EndpointConfig) -> Self {
         self.endpoint_cfg = cfg;
         self
@@ -391,7 +391,13 @@ impl Messenger {
             auth_id: None,
             kind: TransportKind::Tcp,
             handle: None,
-            endpoint_cfg: EndpointConfig::default(),
+            // Messenger frames are heap buffers, never `Endpoint::alloc` ones: receive slabs
+            // reserved per connection would only use up the core's budget (and a hand-off
+            // to a core without a free one would fail).
+            endpoint_cfg: EndpointConfig {
+                receive_zero_copy: false,
+                ..EndpointConfig::default()
+            },
             policies: PolicySet::defaults_for(name.ty),
             features: DEFAULT_FEATURES,
             max_segment_len: DEFAULT_MAX_SEGMENT_LEN,

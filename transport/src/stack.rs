@@ -126,6 +126,12 @@ pub struct EndpointConfig {
     pub recv_buf_size: usize,
     /// Connect timeout. Default: 10 s.
     pub connect_timeout: std::time::Duration,
+    /// RDMA: reserve receive slabs for this connection and advertise them, so the peer can
+    /// send large `Endpoint::alloc` buffers by RDMA WRITE straight into them. Default: true.
+    /// Slabs are a fixed per-core budget; a user whose peer never sends from `alloc` (the
+    /// messenger) turns this off and keeps the budget for those that do. Other stacks
+    /// ignore it.
+    pub receive_zero_copy: bool,
 }
 
 impl Default for EndpointConfig {
@@ -135,6 +141,7 @@ impl Default for EndpointConfig {
             send_queue_bufs: 4096,
             recv_buf_size: 64 << 10,
             connect_timeout: std::time::Duration::from_secs(10),
+            receive_zero_copy: true,
         }
     }
 }

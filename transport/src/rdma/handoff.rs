@@ -245,7 +245,8 @@ impl Transfer for RdmaTransfer {
         let core = core_rdma(opts)?;
         let stream = TcpStream::from_std(self.stream)
             .map_err(|e| TransportError::from_io(&self.peer, "adopt the rdma side channel", e))?;
-        let slabs = RxSlabs::reserve(&core);
+        // Only a side that told its peer it advertises needs slabs on the new core.
+        let slabs = RxSlabs::reserve(&core, self.local_zc);
         if self.local_zc && slabs.0.is_empty() {
             // The peer was told (at setup) that this side advertises receive slabs and waits
             // for them before a large send: without one here it would wait forever.

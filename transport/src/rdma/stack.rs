@@ -271,7 +271,7 @@ async fn establish(
     let mut guard = Budget(&core, budget, false);
     let qp = create_qp(&core)?;
     let recv_mr = create_recv_mr(&core)?;
-    let slabs = RxSlabs::reserve(&core);
+    let slabs = RxSlabs::reserve(&core, cfg.receive_zero_copy);
     let mine = SetupMsg {
         qp: qp.endpoint(),
         credits: RECV_BUFS as u16,
@@ -328,12 +328,12 @@ async fn establish(
 pub(crate) struct RxSlabs<'a>(pub Vec<u32>, &'a CoreRdma);
 
 impl<'a> RxSlabs<'a> {
-    pub fn reserve(core: &'a CoreRdma) -> RxSlabs<'a> {
-        let slabs = core
-            .zc
-            .as_ref()
-            .map(|p| p.reserve_rx(RX_SLABS_PER_CONN))
-            .unwrap_or_default();
+    /// Up to [`RX_SLABS_PER_CONN`] slabs of `core`'s budget if `wanted`, else none.
+    pub fn reserve(core: &'a CoreRdma, wanted: bool) -> RxSlabs<'a> {
+        let slabs = match (&core.zc, wanted) {
+            (Some(p), true) => p.reserve_rx(RX_SLABS_PER_CONN),
+            _ => Vec::new(),
+        };
         RxSlabs(slabs, core)
     }
 
