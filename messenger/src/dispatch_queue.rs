@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Poll, Waker};
 
 use crate::connection::ConnectionRef;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{run_message, Dispatcher};
 use crate::message::Message;
 
 /// The name of the central dispatch thread (Ceph's `DispatchQueue` thread has the same).
@@ -88,10 +88,18 @@ impl CentralQueue {
             dispatched: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         });
-        let q2 = q.clone();
+        let (q2, (tx, rx)) = (q.clone(), std::sync::mpsc::sync_channel(1));
         std::thread::Builder::new()
             .name(DISPATCH_THREAD_NAME.into())
-            .spawn(move || q2.run(chain))?;
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                q2.tid.store(unsafe { libc::gettid() }, Ordering::Release);
+                let _ = tx.send(());
+                q2.run(chain)
+            })?;
+        // The thread id is known once `start` returns (CPU accounting, `is_current_thread`).
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the ms_dispatch thread died at start"))?;
         Ok(q)
     }
 
@@ -113,7 +121,7 @@ impl CentralQueue {
         self.cv.notify_one();
     }
 
-    /// The thread's kernel thread id (0 until it started).
+    /// The thread's kernel thread id.
     pub(crate) fn tid(&self) -> i32 {
         self.tid.load(Ordering::Acquire)
     }
@@ -154,8 +162,6 @@ impl CentralQueue {
     }
 
     fn run(&self, chain: Chain) {
-        // SAFETY: gettid has no preconditions.
-        self.tid.store(unsafe { libc::gettid() }, Ordering::Release);
         loop {
             let item = {
                 let mut st = self.state.lock().expect("not poisoned");
@@ -184,20 +190,4 @@ impl CentralQueue {
         let waiters = std::mem::take(&mut *self.exit_waiters.lock().expect("not poisoned"));
         waiters.into_iter().for_each(Waker::wake);
     }
-}
-
-/// Fast dispatch if a dispatcher can take `msg`, else offer it down the chain.
-pub(crate) fn run_message(chain: &[Arc<dyn Dispatcher>], conn: &ConnectionRef, msg: Message) {
-    if let Some(d) = chain.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
-        d.ms_fast_dispatch(conn, msg);
-        return;
-    }
-    let mut msg = msg;
-    for d in chain.iter() {
-        match d.ms_dispatch(conn, msg) {
-            crate::dispatcher::Dispatched::Claimed => return,
-            crate::dispatcher::Dispatched::NotClaimed(m) => msg = m,
-        }
-    }
-    tracing::debug!(peer = %conn.peer_addr(), msg_type = msg.msg_type, "unclaimed message dropped");
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::connection::ConnectionRef;
-use crate::dispatch_queue::{run_message, CentralQueue, DispatchMode, Item};
+use crate::dispatch_queue::{CentralQueue, DispatchMode, Item};
 use crate::error::MessengerError;
 use crate::message::Message;
 
@@ -141,4 +141,20 @@ impl DispatcherChain {
             let _ = l.iter().any(|d| d.ms_handle_refused(&c));
         });
     }
+}
+
+/// Fast dispatch if a dispatcher can take `msg`, else offer it down the chain.
+pub(crate) fn run_message(chain: &[Arc<dyn Dispatcher>], conn: &ConnectionRef, msg: Message) {
+    if let Some(d) = chain.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
+        d.ms_fast_dispatch(conn, msg);
+        return;
+    }
+    let mut msg = msg;
+    for d in chain.iter() {
+        match d.ms_dispatch(conn, msg) {
+            Dispatched::Claimed => return,
+            Dispatched::NotClaimed(m) => msg = m,
+        }
+    }
+    tracing::debug!(peer = %conn.peer_addr(), msg_type = msg.msg_type, "unclaimed message dropped");
 }

@@ -459,14 +459,7 @@ impl Messenger {
     /// The kernel thread id of the `ms_dispatch` thread ([`DispatchMode::Central`], once
     /// started; None otherwise), for per-thread CPU accounting.
     pub fn dispatch_thread_tid(&self) -> Option<i32> {
-        let q = self.shared.chain.get()?.central()?;
-        for _ in 0..1000 {
-            match q.tid() {
-                0 => std::thread::sleep(Duration::from_millis(1)),
-                t => return Some(t),
-            }
-        }
-        None
+        Some(self.shared.chain.get()?.central()?.tid())
     }
 
     /// The core that owns connections to `peer`: a hash of the peer's address and nonce,
@@ -545,10 +538,13 @@ impl Messenger {
         let chain = DispatcherChain::new(list, self.shared.dispatch_mode).map_err(|e| {
             MessengerError::Config(format!("cannot start the ms_dispatch thread: {e}"))
         })?;
-        self.shared
-            .chain
-            .set(chain)
-            .map_err(|_| MessengerError::state("start", "already started"))?;
+        if let Err(lost) = self.shared.chain.set(chain) {
+            // Another start won the race: its chain stays, this one's thread ends.
+            if let Some(q) = lost.central() {
+                q.close();
+            }
+            return Err(MessengerError::state("start", "already started"));
+        }
         if self.shared.my_addr.get().is_some() {
             let m = self.shared.clone();
             self.shared.handle.submit_detached(0, move || {

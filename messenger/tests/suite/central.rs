@@ -68,13 +68,11 @@ impl Echo {
         self.cv.notify_all();
     }
     fn request(&self, conn: &ConnectionRef, msg: &Message) {
-        if *self.gate.lock().unwrap() {
+        let g = self.gate.lock().unwrap();
+        if *g {
             self.blocked.fetch_add(1, Ordering::SeqCst);
         }
-        while *self.gate.lock().unwrap() {
-            let g = self.gate.lock().unwrap();
-            let _ = self.gate_cv.wait_timeout(g, Duration::from_millis(10));
-        }
+        drop(self.gate_cv.wait_while(g, |closed| *closed).unwrap());
         self.log.lock().unwrap().messages += 1;
         self.record(conn, format!("msg {}", msg.tid));
         // Refused only once the connection closed (the messenger shutting down).

@@ -17,7 +17,7 @@ use corewire_runtime::{register_poller, Poller, PollerRegistration};
 use crate::addr::RdmaOptions;
 use crate::error::{Result, TransportError};
 use crate::rdma::central::{self, Inbox};
-use crate::rdma::conn::Conn;
+use crate::rdma::conn::{Conn, RECV_BUFS};
 use crate::rdma::dispatch::{dispatch, Dispatch};
 use crate::rdma::pool::{returns_task, Pool};
 use crate::rdma::verbs::{
@@ -163,6 +163,14 @@ impl CoreRdma {
 
     pub fn add(&self, qpn: u32, c: Rc<Conn>) {
         self.conns.borrow_mut().insert(qpn, c);
+    }
+
+    /// Registers a new connection's QP with this core and posts all its receive buffers:
+    /// from here on its completions are dispatched to it.
+    pub fn install(&self, c: &Rc<Conn>) -> Result<()> {
+        self.add(c.qpn(), c.clone());
+        let idxs: Vec<u32> = (0..RECV_BUFS).collect();
+        c.post_recvs(&idxs)
     }
 
     pub fn remove(&self, qpn: u32) {

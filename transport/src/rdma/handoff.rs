@@ -290,9 +290,7 @@ impl Transfer for RdmaTransfer {
             core: core.clone(),
         };
         // From here on, dropping `ep` closes the connection and releases the budget.
-        core.add(conn.qpn(), conn.clone());
-        let idxs: Vec<u32> = (0..RECV_BUFS).collect();
-        conn.post_recvs(&idxs)?;
+        core.install(&conn)?;
         let mv = MoveMsg {
             answer: false,
             qp: endpoint,

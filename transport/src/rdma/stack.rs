@@ -305,9 +305,7 @@ async fn establish(
         core: core.clone(),
     };
     // From here on, dropping `ep` (on error) closes the connection and releases the budget.
-    core.add(conn.qpn(), conn.clone());
-    let idxs: Vec<u32> = (0..RECV_BUFS).collect();
-    conn.post_recvs(&idxs)?;
+    core.install(&conn)?;
     let stream = conn.stream();
     write_all(&stream, &peer, vec![READY]).await?;
     let r = read_exact(&stream, &peer, 1).await?;
