@@ -152,7 +152,11 @@ impl Shared {
         // Salted with our own nonce: the messengers of one process (a client's jobs, an
         // OSD's public and cluster messengers) spread their connections to one peer over the
         // cores instead of piling them onto the same one. Stable for the messenger's life.
-        let h = self.normalize(peer.clone()).shard_hash() ^ (u64::from(self.nonce) << 17);
+        let h = if self.is_me(peer) && peer.nonce != self.nonce {
+            PeerAddr::new(peer.addr.clone(), self.nonce).shard_hash()
+        } else {
+            peer.shard_hash()
+        } ^ (u64::from(self.nonce) << 17);
         (mix64(h) % self.handle.cores() as u64) as usize
     }
 }
