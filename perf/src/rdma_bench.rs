@@ -5,7 +5,8 @@
 //! SEND chunks and out of receive buffers); client on core 0, server on core 1, one process)
 //! over the rdma stack
 //! in each dispatch mode, with the CPU time of every thread over exactly the measured window
-//! (the `rdma-dispatch` thread and the core threads). Needs an RDMA device: run it inside
+//! (the `rdma-dispatch` thread and the core threads), and with the merge-send policy on and
+//! off (`EndpointConfig::merge_send`). Needs an RDMA device: run it inside
 //! `scripts/rxe-vm`, or use `scripts/rdma-bench`, which adds perftest in the same guest.
 
 use std::io;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corewire_transport::rdma::{set_dispatch, Dispatch, RdmaTransport};
-use corewire_transport::EndpointConfig;
+use corewire_transport::{EndpointConfig, MergeSend};
 
 use crate::thread_cpu::{snapshot, window, Snapshot, ThreadUse};
 use crate::transport_bench::{corewire_with, Measured, Payload, Workload};
@@ -48,6 +49,8 @@ pub fn label(wl: Workload, p: Payload) -> String {
 #[derive(Debug, Clone)]
 pub struct RdmaBenchConfig {
     pub modes: Vec<Dispatch>,
+    /// Merge send on (the default policy) and/or off, per mode.
+    pub merges: Vec<bool>,
     pub duration: Duration,
     /// The address of the RDMA device's netdev (the side channel runs over it).
     pub ip: String,
@@ -57,6 +60,8 @@ pub struct RdmaBenchConfig {
 /// One workload in one mode.
 pub struct RdmaRun {
     pub mode: Dispatch,
+    /// Merge send on (`MergeSend::default()`) or off.
+    pub merge: bool,
     pub wl: Workload,
     pub payload: Payload,
     pub m: Measured,
@@ -93,13 +98,22 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
     let mut out = Vec::new();
     for &mode in &cfg.modes {
         set_dispatch(mode);
-        for (wl, payload) in WORKLOADS {
+        for (&merge, (wl, payload)) in cfg
+            .merges
+            .iter()
+            .flat_map(|m| WORKLOADS.iter().map(move |w| (m, *w)))
+        {
             let marks: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
             let m2 = marks.clone();
             let m = corewire_with(
-                || {
+                move || {
                     RdmaTransport::new(EndpointConfig {
                         connect_timeout: Duration::from_secs(120),
+                        merge_send: if merge {
+                            MergeSend::default()
+                        } else {
+                            MergeSend::OFF
+                        },
                         ..EndpointConfig::default()
                     })
                 },
@@ -116,6 +130,7 @@ pub fn run(cfg: &RdmaBenchConfig) -> io::Result<Vec<RdmaRun>> {
             };
             out.push(RdmaRun {
                 mode,
+                merge,
                 wl,
                 payload,
                 m,
@@ -133,15 +148,16 @@ fn us(ns: u64) -> f64 {
 /// The report: one table per mode, per-thread CPU, then the sharded/central ratios.
 pub fn render(runs: &[RdmaRun]) -> String {
     let mut s = String::new();
-    let mut modes: Vec<Dispatch> = runs.iter().map(|r| r.mode).collect();
+    let mut modes: Vec<(Dispatch, bool)> = runs.iter().map(|r| (r.mode, r.merge)).collect();
     modes.dedup();
-    for mode in &modes {
-        s += &format!("\n## corewire rdma, dispatch = {mode}\n");
+    for (mode, merge) in &modes {
+        let on = if *merge { "on" } else { "off" };
+        s += &format!("\n## corewire rdma, dispatch = {mode}, merge send {on}\n");
         s += &format!(
             "{:<37} {:>11} {:>9} {:>9} {:>8} {:>10}  {}\n",
             "", "ops/s", "p50 µs", "p99 µs", "GB/s", "CPU µs/op", "CPU % per thread"
         );
-        for r in runs.iter().filter(|r| r.mode == *mode) {
+        for r in runs.iter().filter(|r| r.mode == *mode && r.merge == *merge) {
             let threads: Vec<String> = r
                 .busy_threads()
                 .iter()
@@ -166,19 +182,47 @@ pub fn render(runs: &[RdmaRun]) -> String {
             s += &format!("{:<37} {:>6.2}x\n", wl, ratio);
         }
     }
+    let pairs = merge_ratios(runs);
+    if !pairs.is_empty() {
+        s += "\n## merge send on / off (throughput, sharded, same run)\n";
+        for (wl, ratio) in pairs {
+            s += &format!("{:<37} {:>6.2}x\n", wl, ratio);
+        }
+    }
     s += "(ops: round trips for ping-pong, messages for streams; CPU: every thread of the \
           process over the measured window; 100% = one CPU)\n";
     s
 }
 
-/// Sharded ops/s divided by central ops/s, per workload (label) measured in both modes.
+/// Sharded ops/s divided by central ops/s, per workload (label) measured in both modes (with
+/// merge send on, the default, where it ran).
 pub fn ratios(runs: &[RdmaRun]) -> Vec<(String, f64)> {
-    let find = |mode, l: &str| runs.iter().find(|r| r.mode == mode && r.label() == l);
+    let merge = runs.iter().any(|r| r.merge);
+    let find = |mode, l: &str| {
+        runs.iter()
+            .find(|r| r.mode == mode && r.merge == merge && r.label() == l)
+    };
     WORKLOADS
         .iter()
         .filter_map(|&(wl, p)| {
             let l = label(wl, p);
             let (a, b) = (find(Dispatch::Sharded, &l)?, find(Dispatch::Central, &l)?);
+            Some((l, a.ops_per_sec() / b.ops_per_sec()))
+        })
+        .collect()
+}
+
+/// Merge-send-on ops/s divided by merge-send-off ops/s, per workload, dispatch sharded.
+pub fn merge_ratios(runs: &[RdmaRun]) -> Vec<(String, f64)> {
+    let find = |merge, l: &str| {
+        runs.iter()
+            .find(|r| r.mode == Dispatch::Sharded && r.merge == merge && r.label() == l)
+    };
+    WORKLOADS
+        .iter()
+        .filter_map(|&(wl, p)| {
+            let l = label(wl, p);
+            let (a, b) = (find(true, &l)?, find(false, &l)?);
             Some((l, a.ops_per_sec() / b.ops_per_sec()))
         })
         .collect()
@@ -190,6 +234,7 @@ pub fn json(runs: &[RdmaRun]) -> serde_json::Value {
         .map(|r| {
             serde_json::json!({
                 "dispatch": r.mode.as_str(),
+                "merge_send": r.merge,
                 "workload": r.label(),
                 "ops": r.m.ops,
                 "elapsed_s": r.m.elapsed.as_secs_f64(),
@@ -208,5 +253,9 @@ pub fn json(runs: &[RdmaRun]) -> serde_json::Value {
         .into_iter()
         .map(|(wl, x)| serde_json::json!({"workload": wl, "sharded_over_central": x}))
         .collect();
-    serde_json::json!({ "runs": rows, "ratios": ratios })
+    let merge: Vec<serde_json::Value> = merge_ratios(runs)
+        .into_iter()
+        .map(|(wl, x)| serde_json::json!({"workload": wl, "merge_on_over_off": x}))
+        .collect();
+    serde_json::json!({ "runs": rows, "ratios": ratios, "merge_ratios": merge })
 }

@@ -9,6 +9,7 @@ pub mod addr;
 pub mod any;
 pub mod error;
 pub mod framed;
+pub mod merge_send;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod sendq;
@@ -20,6 +21,7 @@ pub mod txbuf;
 pub use addr::{Address, RdmaOptions, TransportKind};
 pub use any::{connect_any, AnyEndpoint, AnyListener, AnyTransfer, AnyTransport};
 pub use error::{Result, TransportError};
+pub use merge_send::MergeSend;
 pub use shm::{ShmEndpoint, ShmListener, ShmOptions, ShmTransport};
 pub use stack::{Endpoint, EndpointConfig, Listener, Transfer, Transport};
 pub use txbuf::TxBuf;

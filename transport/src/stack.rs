@@ -132,6 +132,11 @@ pub struct EndpointConfig {
     /// messenger) turns this off and keeps the budget for those that do. Other stacks
     /// ignore it.
     pub receive_zero_copy: bool,
+    /// RDMA: when a busy queue pair defers posting to merge queued bytes into fewer, fuller
+    /// SENDs ([`crate::merge_send`]). Default: [`MergeSend::default`] (from 8 requests in
+    /// flight, batches of 8 to 64 KiB); [`MergeSend::OFF`] posts at every turn. Other stacks
+    /// ignore it.
+    pub merge_send: crate::MergeSend,
 }
 
 impl Default for EndpointConfig {
@@ -142,6 +147,7 @@ impl Default for EndpointConfig {
             recv_buf_size: 64 << 10,
             connect_timeout: std::time::Duration::from_secs(10),
             receive_zero_copy: true,
+            merge_send: crate::MergeSend::default(),
         }
     }
 }

@@ -66,6 +66,13 @@ enum DispatchArg {
     Both,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MergeArg {
+    On,
+    Off,
+    Both,
+}
+
 /// A comma-separated list of positive integers (`64,4k,1MiB`).
 #[derive(Clone, Debug)]
 struct List(Vec<usize>);
@@ -207,6 +214,10 @@ enum Cmd {
     RdmaBench {
         #[arg(long, value_enum, default_value = "both")]
         dispatch: DispatchArg,
+        /// The merge-send policy (a busy QP waits for fuller batches): on (the default
+        /// policy), off (post at every turn), or both, one after the other per mode.
+        #[arg(long, value_enum, default_value = "on")]
+        merge: MergeArg,
         /// Seconds measured per workload and mode.
         #[arg(long, default_value_t = 3.0)]
         secs: f64,
@@ -255,12 +266,13 @@ fn main() -> std::io::Result<()> {
     match Cli::parse().cmd {
         Cmd::RdmaBench {
             dispatch,
+            merge,
             secs,
             ip,
             dev,
             json,
             json_out,
-        } => rdma_bench(dispatch, secs, ip, dev, json, json_out)?,
+        } => rdma_bench(dispatch, merge, secs, ip, dev, json, json_out)?,
         Cmd::Runtime {
             secs,
             msg_size,
@@ -614,6 +626,7 @@ fn runtime(secs: f64, msg_size: usize, json: bool) -> std::io::Result<()> {
 #[cfg(feature = "rdma")]
 fn rdma_bench(
     dispatch: DispatchArg,
+    merge: MergeArg,
     secs: f64,
     ip: String,
     dev: String,
@@ -629,6 +642,11 @@ fn rdma_bench(
     };
     let cfg = RdmaBenchConfig {
         modes,
+        merges: match merge {
+            MergeArg::On => vec![true],
+            MergeArg::Off => vec![false],
+            MergeArg::Both => vec![true, false],
+        },
         duration: Duration::from_secs_f64(secs),
         ip,
         dev,
@@ -652,6 +670,7 @@ fn rdma_bench(
 #[cfg(not(feature = "rdma"))]
 fn rdma_bench(
     _: DispatchArg,
+    _: MergeArg,
     _: f64,
     _: String,
     _: String,

@@ -50,6 +50,7 @@ use corewire_runtime::timer;
 
 use crate::addr::Address;
 use crate::error::{Result, TransportError};
+use crate::merge_send::MergeState;
 use crate::rdma::core::{CoreRdma, CHUNK};
 use crate::rdma::handoff::SideCtl;
 use crate::rdma::verbs::{
@@ -152,6 +153,8 @@ pub(crate) struct Conn {
     pub(super) closed: Cell<bool>,
     /// Zero-copy large payloads ([`crate::rdma::zerocopy`]).
     pub(super) zc: ZcConn,
+    /// The merge-send policy's batch target ([`crate::merge_send`]).
+    pub(super) merge: Cell<MergeState>,
 }
 
 /// A posted send not yet released by a completion.
@@ -183,6 +186,7 @@ impl Conn {
     pub(crate) fn new(p: ConnParts) -> Conn {
         let qpn = p.qp.qp_num();
         let max_inline = p.qp.max_inline_data() as usize;
+        let merge = MergeState::new(&p.cfg.merge_send);
         Conn {
             core_id: p.core_id,
             dirty: Cell::new(false),
@@ -219,6 +223,7 @@ impl Conn {
                 peer_zc: Cell::new(p.peer_zc),
                 ..ZcConn::default()
             },
+            merge: Cell::new(merge),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::error::{Result, TransportError};
 use crate::rdma::central::{self, Inbox};
 use crate::rdma::conn::{Conn, RECV_BUFS};
 use crate::rdma::dispatch::{dispatch, Dispatch};
+use crate::rdma::hugemem::nic_numa_node;
 use crate::rdma::pool::{returns_task, Pool};
 use crate::rdma::verbs::{
     Access, CompletionQueue, Context, MemoryRegion, ProtectionDomain, WorkCompletion,
@@ -103,8 +104,15 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
         Dispatch::Central => Some(central::attach(&cq)?),
     };
     let mr = MemoryRegion::new(&pd, POOL_CHUNKS * CHUNK, Access::LOCAL_WRITE)?;
-    let zc = match Pool::new(&pd) {
-        Ok(p) => Some(p),
+    let zc = match Pool::new(&pd, nic_numa_node(ctx.name())) {
+        Ok(p) => {
+            let i = p.info();
+            tracing::debug!(
+                device = ctx.name(), backing = ?i.backing, numa_node = ?i.numa_node,
+                bytes = i.bytes, "rdma: zero-copy pool registered"
+            );
+            Some(p)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "rdma: no zero-copy pool on this core; payloads are copied");
             None

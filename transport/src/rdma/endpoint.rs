@@ -13,6 +13,7 @@ use crate::error::{Result, TransportError};
 use crate::rdma::conn::{Conn, Dead, RECV_MERGE};
 use crate::rdma::core::CoreRdma;
 use crate::rdma::handoff::RdmaTransfer;
+use crate::rdma::pool::RdmaPoolInfo;
 use crate::rdma::zerocopy::{RdmaZcStats, Ready};
 use crate::stack::Endpoint;
 use crate::txbuf::TxBuf;
@@ -213,6 +214,13 @@ impl RdmaEndpoint {
     #[doc(hidden)]
     pub fn zc_stats(&self) -> RdmaZcStats {
         self.conn.zc.stats.get()
+    }
+
+    /// Test and benchmark hook, not API: where the zero-copy pool of this endpoint's core
+    /// lives (None: the core has no pool and copies every payload).
+    #[doc(hidden)]
+    pub fn pool_info(&self) -> Option<RdmaPoolInfo> {
+        self.core.zc.as_ref().map(|p| p.info())
     }
 }
 

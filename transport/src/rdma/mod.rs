@@ -6,14 +6,17 @@
 //! # Phase 1 design
 //! - **Per core, shared-nothing.** Each core opens, lazily on its first listener or
 //!   connection, one device context, PD, completion queue (sends and receives of every QP of
-//!   the core; one completion channel), registered send pool and zero-copy pool ([`pool`]),
-//!   kept in a thread-local ([`core`]). One [`Poller`](corewire_runtime::Poller) per core
+//!   the core; one completion channel), registered send pool and zero-copy pool ([`pool`],
+//!   on huge pages on the NIC's NUMA node where possible: [`hugemem`]), kept in a
+//!   thread-local ([`core`]). One [`Poller`](corewire_runtime::Poller) per core
 //!   busy-polls the CQ in batches, routes completions by QP number, and posts what dirty
 //!   connections have queued, one `ibv_post_send` chain per connection and turn (doorbell
-//!   batching, [`pump`]). Interrupt mode arms the CQ (`ibv_req_notify_cq`) and re-polls
-//!   afterwards, vetoing the park if completions raced in; the channel fd is the poller's
-//!   `interrupt_fd`. No lock, atomic or eventfd on the data path (returns of zero-copy
-//!   buffers dropped on other threads take a lock-free queue and a task wake-up).
+//!   batching, [`pump`]); under load the merge-send policy ([`crate::merge_send`]) lets a
+//!   busy QP wait for a fuller batch instead of posting one small message per turn.
+//!   Interrupt mode arms the CQ (`ibv_req_notify_cq`) and re-polls afterwards, vetoing the
+//!   park if completions raced in; the channel fd is the poller's `interrupt_fd`. No lock,
+//!   atomic or eventfd on the data path (returns of zero-copy buffers dropped on other
+//!   threads take a lock-free queue and a task wake-up).
 //! - **Receive queues: one per QP**, [`conn::RECV_BUFS`] buffers of [`core::CHUNK`] bytes each.
 //!   Simpler than an SRQ and it makes credits exact per connection; an SRQ per core would cut
 //!   receive memory with many mostly idle connections (16 × 16 KiB = 256 KiB per QP now), but
@@ -44,6 +47,7 @@ mod core;
 mod dispatch;
 mod endpoint;
 mod handoff;
+mod hugemem;
 mod pool;
 mod pump;
 mod setup;
@@ -55,6 +59,9 @@ pub use central::DISPATCHER_THREAD;
 pub use dispatch::{dispatch, set_dispatch, Dispatch};
 pub use endpoint::RdmaEndpoint;
 pub use handoff::RdmaTransfer;
+pub use hugemem::PoolBacking;
+#[doc(hidden)]
+pub use pool::RdmaPoolInfo;
 pub use stack::{RdmaListener, RdmaTransport};
 #[doc(hidden)]
 pub use zerocopy::RdmaZcStats;

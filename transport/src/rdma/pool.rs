@@ -1,7 +1,8 @@
 //! The per-core registered large-buffer pool: what makes large payloads zero-copy.
 //!
-//! Each core (per device selection) owns two page-aligned memory areas, allocated and
-//! registered once, when the core first uses the device:
+//! Each core (per device selection) owns two memory areas, mapped (on huge pages where
+//! possible, preferring the NIC's NUMA node: [`crate::rdma::hugemem`]) and registered once,
+//! when the core first uses the device:
 //! - the **send pool** ([`TX_CLASSES`]): fixed chunks in four power-of-four size classes,
 //!   64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8 (46 MiB), registered for local access
 //!   only. [`Pool::alloc`] (behind `Endpoint::alloc`) hands out a chunk of the smallest class
@@ -34,7 +35,6 @@
 //! protocol without memory windows). The send pool has no remote access, so a peer can never
 //! change what this core sends.
 
-use std::alloc::{self, Layout};
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::ptr::NonNull;
@@ -45,9 +45,12 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
-use crate::error::Result;
+use crate::error::{Result, TransportError};
 use crate::rdma::conn::Conn;
 use crate::rdma::core::CoreRdma;
+#[cfg(test)]
+use crate::rdma::hugemem::HUGE_PAGE;
+use crate::rdma::hugemem::{PoolBacking, PoolMem};
 use crate::rdma::verbs::{Access, MemoryRegion, ProtectionDomain, RemoteBuf};
 use crate::txbuf::TxBuf;
 
@@ -62,49 +65,24 @@ pub(crate) const SLAB: usize = 1 << 20;
 pub(crate) const RX_SLABS: u32 = 32;
 /// Most slabs one connection reserves (two 4 MiB payloads in flight).
 pub(crate) const RX_SLABS_PER_CONN: u32 = 8;
+#[cfg(test)]
 const PAGE: usize = 4096;
 
-/// Page-aligned heap memory, freed on drop.
-struct Mem {
-    ptr: NonNull<u8>,
-    layout: Layout,
+/// Where a core's pool lives (a test and benchmark hook: `RdmaEndpoint::pool_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdmaPoolInfo {
+    /// How the pages of the send area were obtained (the receive area is mapped the same way
+    /// and reported if it fell back further).
+    pub backing: PoolBacking,
+    /// The NUMA node both areas prefer (None: no policy, the node of the NIC is unknown).
+    pub numa_node: Option<usize>,
+    /// Bytes mapped for both areas.
+    pub bytes: usize,
 }
 
-// SAFETY: plain memory with no thread affinity; who may access which part is decided by the
-// pool (one owner per chunk at a time), not by the thread.
-unsafe impl Send for Mem {}
-// SAFETY: as above; `Mem` itself never reads or writes the bytes.
-unsafe impl Sync for Mem {}
-
-impl Mem {
-    fn new(len: usize) -> Mem {
-        let layout = Layout::from_size_align(len, PAGE).expect("pool size fits a layout");
-        // SAFETY: `layout` has a non-zero size (every caller passes a positive constant).
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            alloc::handle_alloc_error(layout);
-        };
-        Mem { ptr, layout }
-    }
-    fn len(&self) -> usize {
-        self.layout.size()
-    }
-    fn contains(&self, p: *const u8, len: usize) -> bool {
-        let (start, end) = (
-            self.ptr.as_ptr() as usize,
-            self.ptr.as_ptr() as usize + self.len(),
-        );
-        let p = p as usize;
-        p >= start && p.checked_add(len).is_some_and(|e| e <= end)
-    }
-}
-
-impl Drop for Mem {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once. The memory regions over it
-        // are gone: they belong to the `Pool`, which holds this `Mem` (through `Shared`) in a
-        // field declared after them, so the last `Arc` is dropped after deregistration.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+fn pool_err(area: &str, len: usize, e: std::io::Error) -> TransportError {
+    TransportError::Unavailable {
+        what: format!("rdma: cannot map the {len}-byte {area} area of the core's pool: {e}"),
     }
 }
 
@@ -117,8 +95,8 @@ enum Ret {
 
 /// The memory of both areas and the return queue; shared with every [`Keep`].
 pub(crate) struct Shared {
-    tx: Mem,
-    rx: Mem,
+    tx: PoolMem,
+    rx: PoolMem,
     returns: SegQueue<Ret>,
     waker: Mutex<Option<Waker>>,
 }
@@ -184,8 +162,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Allocates and registers both areas in `pd`.
-    pub fn new(pd: &Rc<ProtectionDomain>) -> Result<Pool> {
+    /// Allocates both areas (huge pages where possible, preferring NUMA node `node`: the
+    /// NIC's, see [`crate::rdma::hugemem`]) and registers them in `pd`.
+    pub fn new(pd: &Rc<ProtectionDomain>, node: Option<usize>) -> Result<Pool> {
         let mut chunks = Vec::new();
         let mut free = Vec::new();
         let mut off = 0;
@@ -200,8 +179,9 @@ impl Pool {
             free.push(list);
         }
         let shared = Arc::new(Shared {
-            tx: Mem::new(off),
-            rx: Mem::new(RX_SLABS as usize * SLAB),
+            tx: PoolMem::map(off, node).map_err(|e| pool_err("send", off, e))?,
+            rx: PoolMem::map(RX_SLABS as usize * SLAB, node)
+                .map_err(|e| pool_err("receive", RX_SLABS as usize * SLAB, e))?,
             returns: SegQueue::new(),
             waker: Mutex::new(None),
         });
@@ -211,13 +191,13 @@ impl Pool {
         // handed out (never while a work request names them: sends keep a clone of the
         // `Bytes` until completion; slabs are handed out only after their WRITE completed).
         let tx_mr = unsafe {
-            MemoryRegion::register_raw(pd, shared.tx.ptr.as_ptr(), off, Access::LOCAL_WRITE)?
+            MemoryRegion::register_raw(pd, shared.tx.ptr().as_ptr(), off, Access::LOCAL_WRITE)?
         };
         // SAFETY: as above.
         let rx_mr = unsafe {
             MemoryRegion::register_raw(
                 pd,
-                shared.rx.ptr.as_ptr(),
+                shared.rx.ptr().as_ptr(),
                 shared.rx.len(),
                 Access::LOCAL_WRITE | Access::REMOTE_WRITE,
             )?
@@ -231,6 +211,26 @@ impl Pool {
             rx_free: RefCell::new((0..RX_SLABS).rev().collect()),
             rx_owner: RefCell::new((0..RX_SLABS).map(|_| Weak::new()).collect()),
         })
+    }
+
+    /// Where the pool's memory lives.
+    pub fn info(&self) -> RdmaPoolInfo {
+        let (tx, rx) = (&self.shared.tx, &self.shared.rx);
+        // Report the weaker backing of the two areas (`HugeTlb` > THP > normal pages).
+        let rank = |b: PoolBacking| match b {
+            PoolBacking::HugeTlb => 2,
+            PoolBacking::TransparentHuge => 1,
+            PoolBacking::Normal => 0,
+        };
+        RdmaPoolInfo {
+            backing: if rank(rx.backing()) < rank(tx.backing()) {
+                rx.backing()
+            } else {
+                tx.backing()
+            },
+            numa_node: tx.node().and(rx.node()),
+            bytes: tx.len() + rx.len(),
+        }
     }
 
     /// A `len`-byte send buffer in the pool, or on the heap (see the module docs).
@@ -247,7 +247,7 @@ impl Pool {
         };
         let (off, _) = self.chunks[i as usize];
         // SAFETY: `off` plus the class size lies inside the send area (built in `new`).
-        let ptr = unsafe { NonNull::new_unchecked(self.shared.tx.ptr.as_ptr().add(off)) };
+        let ptr = unsafe { NonNull::new_unchecked(self.shared.tx.ptr().as_ptr().add(off)) };
         let keep = Keep {
             shared: self.shared.clone(),
             ret: Ret::Tx(i),
@@ -319,7 +319,7 @@ impl Pool {
         assert!(s < RX_SLABS && len <= SLAB);
         // SAFETY: slab `s` lies inside the receive area (`s < RX_SLABS`).
         let ptr =
-            unsafe { NonNull::new_unchecked(self.shared.rx.ptr.as_ptr().add(s as usize * SLAB)) };
+            unsafe { NonNull::new_unchecked(self.shared.rx.ptr().as_ptr().add(s as usize * SLAB)) };
         Bytes::from_owner(RxOwner {
             ptr,
             len,
@@ -338,7 +338,7 @@ impl Pool {
         assert!(s < RX_SLABS && len <= SLAB);
         // SAFETY: inside the receive area; written and completed, not posted (contract).
         let src = unsafe {
-            std::slice::from_raw_parts(self.shared.rx.ptr.as_ptr().add(s as usize * SLAB), len)
+            std::slice::from_raw_parts(self.shared.rx.ptr().as_ptr().add(s as usize * SLAB), len)
         };
         out.extend_from_slice(src);
     }
@@ -393,13 +393,13 @@ mod tests {
 
     #[test]
     fn mem_contains_is_exact() {
-        let m = Mem::new(2 * PAGE);
-        let p = m.ptr.as_ptr();
-        assert!(m.contains(p, 2 * PAGE));
-        // SAFETY: offsets within the allocation (pointer arithmetic only).
-        let (mid, end) = unsafe { (p.add(PAGE), p.add(2 * PAGE)) };
-        assert!(m.contains(mid, PAGE));
-        assert!(!m.contains(mid, PAGE + 1));
+        let m = PoolMem::map(HUGE_PAGE, None).unwrap();
+        let p = m.ptr().as_ptr();
+        assert!(m.contains(p, HUGE_PAGE));
+        // SAFETY: offsets within the mapping (pointer arithmetic only).
+        let (mid, end) = unsafe { (p.add(PAGE), p.add(HUGE_PAGE)) };
+        assert!(m.contains(mid, HUGE_PAGE - PAGE));
+        assert!(!m.contains(mid, HUGE_PAGE - PAGE + 1));
         assert!(!m.contains(end, 1));
         assert!(!m.contains(p.wrapping_sub(1), 1));
     }
@@ -407,8 +407,8 @@ mod tests {
     #[test]
     fn keep_returns_on_any_thread() {
         let shared = Arc::new(Shared {
-            tx: Mem::new(PAGE),
-            rx: Mem::new(PAGE),
+            tx: PoolMem::map(PAGE, None).unwrap(),
+            rx: PoolMem::map(PAGE, None).unwrap(),
             returns: SegQueue::new(),
             waker: Mutex::new(None),
         });

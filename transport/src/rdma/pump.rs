@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::merge_send::Decision;
 use crate::rdma::conn::{Conn, Dead, InFlight, Phase, CREDIT_THRESHOLD, IMM_CREDITS, IMM_EOS};
 use crate::rdma::conn::{SIGNAL_EVERY, SQ_DEPTH};
 use crate::rdma::core::CoreRdma;
@@ -46,6 +47,22 @@ impl Conn {
         let Some(qp) = qp_ref.as_ref() else {
             return false;
         };
+        // Merge send: a busy QP may wait for a fuller batch (see `crate::merge_send`).
+        let urgent = (self.eos_wanted.get() && !self.eos_posted.get())
+            || !self.zc.to_advertise.borrow().is_empty()
+            || self.owed.get() >= CREDIT_THRESHOLD;
+        let mut merge = self.merge.get();
+        let decision = merge.decide(
+            &self.cfg.merge_send,
+            self.sq_used.get(),
+            self.sendq.bytes(),
+            urgent,
+        );
+        self.merge.set(merge);
+        if decision == Decision::Defer {
+            self.zc.count(|s| s.merge_deferrals += 1);
+            return false;
+        }
         let pool = core.zc.as_ref();
         let peer_zc = self.zc.peer_zc.get();
         // Goes by RDMA WRITE (given an advertised buffer): in this core's pool, long enough.
@@ -301,6 +318,8 @@ impl Conn {
             s.writes += writes.0;
             s.write_bytes += writes.1;
             s.send_copied_bytes += copied;
+            s.posts += 1;
+            s.work_requests += n as u64;
         });
         self.next_seq.set(first + n as u64);
         self.sq_used.set(self.sq_used.get() + n as u32);

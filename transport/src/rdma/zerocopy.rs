@@ -86,6 +86,12 @@ pub struct RdmaZcStats {
     pub recv_zero_copy_bytes: u64,
     /// Bytes copied out of receive buffers (or slabs, on a hand-off) by `recv`.
     pub recv_copied_bytes: u64,
+    /// `ibv_post_send` calls (doorbells).
+    pub posts: u64,
+    /// Send work requests posted (SENDs, WRITEs, credit-only messages).
+    pub work_requests: u64,
+    /// Pump turns the merge-send policy deferred ([`crate::merge_send`]).
+    pub merge_deferrals: u64,
 }
 
 /// A connection's zero-copy state.
