@@ -30,16 +30,20 @@ impl PeerAddr {
 
     /// A stable hash (FNV-1a over the address text and the nonce), the same in every
     /// process, so placement is reproducible.
-    /// The address text is hashed as it is formatted: no allocation (this runs on every
-    /// `Messenger::send_message`).
     pub fn shard_hash(&self) -> u64 {
-        use std::fmt::Write as _;
-        let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
-        // Writing into `Fnv1a` cannot fail; `Address`'s `Display` does not either.
-        let _ = write!(h, "{}", self.addr);
-        h.feed(&self.nonce.to_le_bytes());
-        h.0
+        shard_hash_of(&self.addr, self.nonce)
     }
+}
+
+/// [`PeerAddr::shard_hash`] of `addr` and `nonce`. The address text is hashed as it is
+/// formatted: no allocation (this runs on every `Messenger::send_message`).
+pub(crate) fn shard_hash_of(addr: &Address, nonce: u32) -> u64 {
+    use std::fmt::Write as _;
+    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    // Writing into `Fnv1a` cannot fail; `Address`'s `Display` does not either.
+    let _ = write!(h, "{addr}");
+    h.feed(&nonce.to_le_bytes());
+    h.0
 }
 
 /// FNV-1a over whatever is written into it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use corewire_runtime::{current_core, spawn_local, Handle};
 use corewire_transport::{Address, EndpointConfig, Listener, Transport, TransportKind};
 
-use crate::connection::{ConnectionRef, PeerAddr};
+use crate::connection::{shard_hash_of, ConnectionRef, PeerAddr};
 use crate::dispatch_queue::DispatchMode;
 use crate::dispatcher::{Dispatcher, DispatcherChain};
 use crate::error::{MessengerError, Result};
@@ -141,22 +141,23 @@ impl Shared {
     pub(crate) fn is_me(&self, peer: &PeerAddr) -> bool {
         self.my_addr.get() == Some(&peer.addr) && (peer.nonce == 0 || peer.nonce == self.nonce)
     }
-    fn normalize(&self, peer: PeerAddr) -> PeerAddr {
-        if self.is_me(&peer) {
-            PeerAddr::new(peer.addr, self.nonce)
+    /// The nonce `peer` is known by: ours for our own address (a sender may give it as 0).
+    fn nonce_of(&self, peer: &PeerAddr) -> u32 {
+        if self.is_me(peer) {
+            self.nonce
         } else {
-            peer
+            peer.nonce
         }
+    }
+    fn normalize(&self, peer: PeerAddr) -> PeerAddr {
+        let nonce = self.nonce_of(&peer);
+        PeerAddr::new(peer.addr, nonce)
     }
     pub(crate) fn shard_of(&self, peer: &PeerAddr) -> usize {
         // Salted with our own nonce: the messengers of one process (a client's jobs, an
         // OSD's public and cluster messengers) spread their connections to one peer over the
         // cores instead of piling them onto the same one. Stable for the messenger's life.
-        let h = if self.is_me(peer) && peer.nonce != self.nonce {
-            PeerAddr::new(peer.addr.clone(), self.nonce).shard_hash()
-        } else {
-            peer.shard_hash()
-        } ^ (u64::from(self.nonce) << 17);
+        let h = shard_hash_of(&peer.addr, self.nonce_of(peer)) ^ (u64::from(self.nonce) << 17);
         (mix64(h) % self.handle.cores() as u64) as usize
     }
 }

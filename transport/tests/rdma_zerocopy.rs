@@ -85,21 +85,8 @@ fn concat(chunks: &[Bytes]) -> Vec<u8> {
 }
 
 /// Runs `server` on core 1 (on the one accepted endpoint) and `client` on core 0 (on a
-/// connected one); returns both results.
-fn pair<S, SF, SR, C, CF, CR>(server: S, client: C) -> (SR, CR)
-where
-    S: FnOnce(RdmaEndpoint, corewire_runtime::Handle) -> SF + Send + 'static,
-    SF: Future<Output = SR> + 'static,
-    SR: Send + 'static,
-    C: FnOnce(RdmaEndpoint) -> CF + Send + 'static,
-    CF: Future<Output = CR> + 'static,
-    CR: Send + 'static,
-{
-    pair_with(MergeSend::default(), server, client)
-}
-
-/// As [`pair`], both endpoints with merge-send policy `merge`.
-fn pair_with<S, SF, SR, C, CF, CR>(merge: MergeSend, server: S, client: C) -> (SR, CR)
+/// connected one), both with merge-send policy `merge`; returns both results.
+fn pair<S, SF, SR, C, CF, CR>(merge: MergeSend, server: S, client: C) -> (SR, CR)
 where
     S: FnOnce(RdmaEndpoint, corewire_runtime::Handle) -> SF + Send + 'static,
     SF: Future<Output = SR> + 'static,
@@ -145,6 +132,7 @@ fn four_mib_from_alloc_is_never_copied() {
     }
     let n = 4 * MIB;
     let (rx, tx) = pair(
+        MergeSend::default(),
         move |ep, _| async move {
             let got = recv_n(&ep, n).await;
             let data = concat(&got);
@@ -202,6 +190,7 @@ fn mixed_small_and_large_keep_stream_order() {
     let heap_b = total as u64 - pool;
     let p2 = parts.clone();
     let (rx, tx) = pair(
+        MergeSend::default(),
         move |ep, _| async move {
             let data = recv_concat(&ep, total).await;
             let mut at = 0;
@@ -253,6 +242,7 @@ fn pool_exhaustion_falls_back_to_heap() {
     }
     let n = 4 * MIB;
     let (rx, (tx, pooled, again)) = pair(
+        MergeSend::default(),
         move |ep, _| async move {
             let data = recv_concat(&ep, 9 * n).await;
             for i in 0..9 {
@@ -325,6 +315,7 @@ fn receiver_holding_buffers_stalls_sender_until_dropped() {
     // Four 4 MiB payloads: the receiver's 8 one-MiB slabs take two of them.
     let (count, n) = (4, 4 * MIB);
     let (rx, tx) = pair(
+        MergeSend::default(),
         move |ep, _| async move {
             // Hold everything received: every slab is out after 8 MiB.
             let held = recv_n(&ep, 2 * n).await;
@@ -366,6 +357,7 @@ fn peer_gone_mid_write_resets() {
         return;
     }
     let (_, reason) = pair(
+        MergeSend::default(),
         move |ep, _| async move {
             // Take one piece, then vanish with WRITEs in flight (QP destroyed, side channel
             // closed), as a killed process would.
@@ -524,6 +516,7 @@ fn handoff_keeps_zero_copy_and_held_buffers() {
     }
     let n = 2 * MIB;
     let (moved, tx) = pair(
+        MergeSend::default(),
         move |ep, handle| async move {
             let first = recv_n(&ep, n).await;
             // Move to core 0 while holding the slabs of the first payload.
@@ -599,6 +592,7 @@ fn pools_sit_on_huge_pages_on_the_nics_numa_node() {
         assert!(reserved, "the guest reserves huge pages (scripts/rxe-vm)");
     }
     let (s, c) = pair(
+        MergeSend::default(),
         |ep, _| async move {
             let info = ep.pool_info();
             assert!(ep.recv().await.is_err());
@@ -641,7 +635,7 @@ async fn yield_now() {
 fn write_then_4k(merge: MergeSend) -> corewire_transport::rdma::RdmaZcStats {
     const N: usize = 2000;
     const LEN: usize = 4096;
-    let (ok, st) = pair_with(
+    let (ok, st) = pair(
         merge,
         |ep, _| async move {
             let data = recv_concat(&ep, 4 * MIB + N * LEN).await;

@@ -13,7 +13,7 @@ use corewire_messenger::{Message, Messenger, PeerAddr};
 
 use super::lossless::osd;
 use super::raw::{self, entity_addr_of, first};
-use super::{bad_input, limit, payload, runtime, Harness};
+use super::{bad_input, limit, payload, runtime, stop, Harness};
 
 fn numbered(i: usize) -> Message {
     Message::new(1)
@@ -91,10 +91,7 @@ pub fn forged_session_reconnects_get_the_protocol_answer<H: Harness>(h: H) {
     drop(c);
     assert_eq!(server.counters().sessions_opened, 1);
     assert_eq!(server.counters().remote_resets, 0);
-    for m in [&client, &server] {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
+    stop(rt, &[&client, &server]);
 }
 
 /// SESSION_RECONNECT payloads that do not decode: cut short, and with an address count far
@@ -169,10 +166,7 @@ pub fn peer_vanishing_after_wait_does_not_hang<H: Harness>(h: H) {
         s.count == 10 || !s.errors.is_empty()
     });
     assert!(rec.seen.lock().unwrap().errors.is_empty());
-    for m in [&server, &m] {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
+    stop(rt, &[&server, &m]);
 }
 
 /// A server (a raw one) that answers CLIENT_IDENT with WAIT, or with SESSION_RETRY_GLOBAL and
@@ -273,9 +267,6 @@ pub fn server_vanishing_after_wait_or_retry_does_not_hang<H: Harness>(h: H) {
         assert_eq!(c.connects.len(), 1, "wait={wait}");
         assert!(c.resets.is_empty(), "wait={wait}: {:?}", c.resets);
         drop(c);
-        for m in [&client, &m] {
-            rt.block_on(m.shutdown()).unwrap();
-        }
-        rt.shutdown().unwrap();
+        stop(rt, &[&client, &m]);
     }
 }

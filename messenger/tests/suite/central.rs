@@ -16,7 +16,7 @@ use corewire_messenger::{
     PeerAddr, ThrottleLimits,
 };
 
-use super::{limit, runtime, Harness, Recorder};
+use super::{limit, runtime, stop, Harness, Recorder};
 
 /// Request type (claimed through `ms_dispatch`) and a fast-dispatchable one.
 const REQ: u16 = 10;
@@ -323,10 +323,7 @@ pub fn central_queue_is_bounded_by_the_throttle<H: Harness>(h: H) {
     assert_eq!(ev, &want);
     assert!(l.wrong_thread.is_empty());
     drop(l);
-    for m in [&cm, &server] {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
+    stop(rt, &[&cm, &server]);
 }
 
 /// Shutting down a central messenger while its dispatcher is busy and messages are queued

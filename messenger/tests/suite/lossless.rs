@@ -14,7 +14,7 @@ use corewire_messenger::{
 use corewire_runtime::Runtime;
 use corewire_transport::Address;
 
-use super::{payload, runtime, send_or_wait, Harness, Recorder};
+use super::{payload, runtime, send_or_wait, stop, Harness, Recorder};
 
 /// An OSD-type messenger (lossless peer policy towards other OSDs), bound if `bind`.
 pub fn osd<H: Harness>(
@@ -41,13 +41,6 @@ fn numbered(i: usize, len: usize) -> Message {
     Message::new(1)
         .with_tid(i as u64)
         .with_payload(payload(i, len, 1), Bytes::new(), Bytes::new())
-}
-
-fn stop(rt: Runtime, ms: &[&Messenger]) {
-    for m in ms {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
 }
 
 /// `count` messages client -> server on a lossless session while both sides break the

@@ -64,6 +64,14 @@ pub fn runtime() -> Runtime {
         .unwrap()
 }
 
+/// Shuts the messengers down in order, then the runtime.
+pub fn stop(rt: Runtime, ms: &[&Messenger]) {
+    for m in ms {
+        rt.block_on(m.shutdown()).unwrap();
+    }
+    rt.shutdown().unwrap();
+}
+
 /// Send `msg` on `c`, waiting for room when its out-queue is full.
 pub fn send_or_wait(rt: &Runtime, c: &ConnectionRef, msg: Message) {
     if let Err(r) = c.try_send(msg) {
@@ -359,9 +367,7 @@ pub fn first_dispatcher_to_claim_wins<H: Harness>(h: H) {
         .msgs
         .iter()
         .all(|(_, m)| m.msg_type == 20));
-    rt.block_on(client.shutdown()).unwrap();
-    rt.block_on(server.shutdown()).unwrap();
-    rt.shutdown().unwrap();
+    stop(rt, &[&client, &server]);
 }
 
 pub fn fast_dispatch_runs_on_the_connection_core<H: Harness>(h: H) {
@@ -459,8 +465,7 @@ fn bad_input<H: Harness>(h: H, bytes: Vec<Bytes>, check: impl Fn(&str) -> bool, 
     assert!(check(&reason), "{what}: got {reason}");
     assert!(conn.is_closed());
     assert!(rec.seen.lock().unwrap().accepts.is_empty());
-    rt.block_on(server.shutdown()).unwrap();
-    rt.shutdown().unwrap();
+    stop(rt, &[&server]);
 }
 
 fn hello_frame() -> Bytes {

@@ -10,7 +10,7 @@ use corewire_runtime::Runtime;
 
 use super::lossless::osd;
 use super::raw::{self, eventually};
-use super::{runtime, server, Harness, Recorder};
+use super::{runtime, server, stop, Harness, Recorder};
 
 fn stats(rt: &Runtime, c: &ConnectionRef) -> QueueStats {
     rt.block_on(c.queue_stats())
@@ -132,10 +132,7 @@ pub fn out_queue_limit_pushes_back<H: Harness>(h: H) {
     srec.wait_for("one more", |s| s.msgs.len() == 1);
     assert_eq!(srec.seen.lock().unwrap().count, total + 1, "no duplicates");
     assert_eq!(client.counters().out_queue_drops, 0);
-    for m in [&client, &server] {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
+    stop(rt, &[&client, &server]);
 }
 
 /// A message that can never fit (over the byte limit, or a segment over the maximum segment
@@ -198,10 +195,7 @@ pub fn oversized_message_is_refused<H: Harness>(h: H) {
     srec.wait_for("the message at the limit", |s| s.msgs.len() == 1);
     assert_eq!(srec.seen.lock().unwrap().msgs[0].1.payload_len(), BYTES);
     assert_eq!(client.counters().out_queue_drops, 0);
-    for m in [&client, &server] {
-        rt.block_on(m.shutdown()).unwrap();
-    }
-    rt.shutdown().unwrap();
+    stop(rt, &[&client, &server]);
 }
 
 /// A peer that floods KEEPALIVE2 and never reads: the server answers with one pending
@@ -280,6 +274,5 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
     let s = stats(&rt, &conn);
     assert!(s.control_frames <= 3, "{s:?}");
     assert_eq!((s.held_messages, s.queued), (0, 0), "{s:?}");
-    rt.block_on(server.shutdown()).unwrap();
-    rt.shutdown().unwrap();
+    stop(rt, &[&server]);
 }

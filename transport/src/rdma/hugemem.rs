@@ -31,15 +31,15 @@ const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
 /// maximum is 1024 nodes).
 const MAX_NODES: usize = 1024;
 
-/// How a pool area's pages were obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a pool area's pages were obtained, ordered from the weakest to the best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PoolBacking {
-    /// Explicit huge pages (`MAP_HUGETLB`) from the reserved pool.
-    HugeTlb,
-    /// Normal pages advised for transparent huge pages (`MADV_HUGEPAGE` accepted).
-    TransparentHuge,
     /// Normal pages.
     Normal,
+    /// Normal pages advised for transparent huge pages (`MADV_HUGEPAGE` accepted).
+    TransparentHuge,
+    /// Explicit huge pages (`MAP_HUGETLB`) from the reserved pool.
+    HugeTlb,
 }
 
 /// A page-aligned anonymous mapping, unmapped on drop.
@@ -236,6 +236,20 @@ mod tests {
         if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
             assert_ne!(mem.backing(), PoolBacking::Normal);
         }
+    }
+
+    #[test]
+    fn contains_is_exact() {
+        const PAGE: usize = 4096;
+        let m = PoolMem::map(HUGE_PAGE, None).unwrap();
+        let p = m.ptr().as_ptr();
+        assert!(m.contains(p, HUGE_PAGE));
+        // SAFETY: offsets within the mapping (pointer arithmetic only).
+        let (mid, end) = unsafe { (p.add(PAGE), p.add(HUGE_PAGE)) };
+        assert!(m.contains(mid, HUGE_PAGE - PAGE));
+        assert!(!m.contains(mid, HUGE_PAGE - PAGE + 1));
+        assert!(!m.contains(end, 1));
+        assert!(!m.contains(p.wrapping_sub(1), 1));
     }
 
     #[test]

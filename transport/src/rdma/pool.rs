@@ -48,8 +48,6 @@ use crossbeam_queue::SegQueue;
 use crate::error::{Result, TransportError};
 use crate::rdma::conn::Conn;
 use crate::rdma::core::CoreRdma;
-#[cfg(test)]
-use crate::rdma::hugemem::HUGE_PAGE;
 use crate::rdma::hugemem::{PoolBacking, PoolMem};
 use crate::rdma::verbs::{Access, MemoryRegion, ProtectionDomain, RemoteBuf};
 use crate::txbuf::TxBuf;
@@ -65,14 +63,11 @@ pub(crate) const SLAB: usize = 1 << 20;
 pub(crate) const RX_SLABS: u32 = 32;
 /// Most slabs one connection reserves (two 4 MiB payloads in flight).
 pub(crate) const RX_SLABS_PER_CONN: u32 = 8;
-#[cfg(test)]
-const PAGE: usize = 4096;
 
 /// Where a core's pool lives (a test and benchmark hook: `RdmaEndpoint::pool_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RdmaPoolInfo {
-    /// How the pages of the send area were obtained (the receive area is mapped the same way
-    /// and reported if it fell back further).
+    /// How the pages were obtained: the weaker of the two areas.
     pub backing: PoolBacking,
     /// The NUMA node both areas prefer (None: no policy, the node of the NIC is unknown).
     pub numa_node: Option<usize>,
@@ -178,10 +173,10 @@ impl Pool {
             list.reverse();
             free.push(list);
         }
+        let rx_len = RX_SLABS as usize * SLAB;
         let shared = Arc::new(Shared {
             tx: PoolMem::map(off, node).map_err(|e| pool_err("send", off, e))?,
-            rx: PoolMem::map(RX_SLABS as usize * SLAB, node)
-                .map_err(|e| pool_err("receive", RX_SLABS as usize * SLAB, e))?,
+            rx: PoolMem::map(rx_len, node).map_err(|e| pool_err("receive", rx_len, e))?,
             returns: SegQueue::new(),
             waker: Mutex::new(None),
         });
@@ -216,18 +211,8 @@ impl Pool {
     /// Where the pool's memory lives.
     pub fn info(&self) -> RdmaPoolInfo {
         let (tx, rx) = (&self.shared.tx, &self.shared.rx);
-        // Report the weaker backing of the two areas (`HugeTlb` > THP > normal pages).
-        let rank = |b: PoolBacking| match b {
-            PoolBacking::HugeTlb => 2,
-            PoolBacking::TransparentHuge => 1,
-            PoolBacking::Normal => 0,
-        };
         RdmaPoolInfo {
-            backing: if rank(rx.backing()) < rank(tx.backing()) {
-                rx.backing()
-            } else {
-                tx.backing()
-            },
+            backing: tx.backing().min(rx.backing()),
             numa_node: tx.node().and(rx.node()),
             bytes: tx.len() + rx.len(),
         }
@@ -390,25 +375,13 @@ pub(crate) async fn returns_task(core: Weak<CoreRdma>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mem_contains_is_exact() {
-        let m = PoolMem::map(HUGE_PAGE, None).unwrap();
-        let p = m.ptr().as_ptr();
-        assert!(m.contains(p, HUGE_PAGE));
-        // SAFETY: offsets within the mapping (pointer arithmetic only).
-        let (mid, end) = unsafe { (p.add(PAGE), p.add(HUGE_PAGE)) };
-        assert!(m.contains(mid, HUGE_PAGE - PAGE));
-        assert!(!m.contains(mid, HUGE_PAGE - PAGE + 1));
-        assert!(!m.contains(end, 1));
-        assert!(!m.contains(p.wrapping_sub(1), 1));
-    }
+    use crate::rdma::hugemem::HUGE_PAGE;
 
     #[test]
     fn keep_returns_on_any_thread() {
         let shared = Arc::new(Shared {
-            tx: PoolMem::map(PAGE, None).unwrap(),
-            rx: PoolMem::map(PAGE, None).unwrap(),
+            tx: PoolMem::map(HUGE_PAGE, None).unwrap(),
+            rx: PoolMem::map(HUGE_PAGE, None).unwrap(),
             returns: SegQueue::new(),
             waker: Mutex::new(None),
         });
