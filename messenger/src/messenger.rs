@@ -240,7 +240,7 @@ impl MessengerBuilder {
         self.handle = Some(h);
         self
     }
-    /// Endpoint limits (default [`EndpointConfig::default`] with `receive_zero_copy` off).
+    /// Endpoint limits (default [`EndpointConfig::default`] with `receive_slabs` 0).
     pub fn endpoint_config(mut self, cfg: EndpointConfig) -> Self {
         self.endpoint_cfg = cfg;
         self
@@ -400,7 +400,7 @@ impl Messenger {
             // reserved per connection would only use up the core's budget (and a hand-off
             // to a core without a free one would fail).
             endpoint_cfg: EndpointConfig {
-                receive_zero_copy: false,
+                receive_slabs: 0,
                 ..EndpointConfig::default()
             },
             policies: PolicySet::defaults_for(name.ty),

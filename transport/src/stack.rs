@@ -126,12 +126,14 @@ pub struct EndpointConfig {
     pub recv_buf_size: usize,
     /// Connect timeout. Default: 10 s.
     pub connect_timeout: std::time::Duration,
-    /// RDMA: reserve receive slabs for this connection and advertise them, so the peer can
-    /// send large `Endpoint::alloc` buffers by RDMA WRITE straight into them. Default: true.
-    /// Slabs are a fixed per-core budget; a user whose peer never sends from `alloc` (the
-    /// messenger) turns this off and keeps the budget for those that do. Other stacks
-    /// ignore it.
-    pub receive_zero_copy: bool,
+    /// RDMA: most receive slabs (1 MiB each) this connection reserves from its core's budget
+    /// (`rdma::RdmaPoolConfig::rx_slabs`) and advertises, so the peer can send large
+    /// `Endpoint::alloc` buffers by RDMA WRITE straight into them. Default: 8 (two 4 MiB
+    /// payloads in flight). It gets fewer, down to none (its peer's payloads are then
+    /// copied), when the core's budget runs low. 0 turns receive zero-copy off: a user whose
+    /// peer never sends from `alloc` (the messenger) keeps the budget for those that do.
+    /// Other stacks ignore it.
+    pub receive_slabs: u32,
     /// RDMA: when a busy queue pair defers posting to merge queued bytes into fewer, fuller
     /// SENDs ([`crate::merge_send`]). Default: [`MergeSend::default`] (from 8 requests in
     /// flight, batches of 8 to 64 KiB); [`MergeSend::OFF`] posts at every turn. Other stacks
@@ -146,7 +148,7 @@ impl Default for EndpointConfig {
             send_queue_bufs: 4096,
             recv_buf_size: 64 << 10,
             connect_timeout: std::time::Duration::from_secs(10),
-            receive_zero_copy: true,
+            receive_slabs: 8,
             merge_send: crate::MergeSend::default(),
         }
     }

@@ -723,3 +723,47 @@ fn receiver_without_receives_fails_the_send_with_rnr_retry_exceeded() {
     );
     assert_eq!(p.a.query_state().unwrap(), QpState::Err);
 }
+
+#[test]
+fn write_with_a_deregistered_rkey_fails_with_remote_access_error() {
+    // What the zero-copy pool relies on to keep a former peer out of a slab it re-registered
+    // (`pool.rs`, "Trust"): the old rkey is dead once its region is deregistered, even though
+    // the same memory is registered again.
+    let Some(ctx) = open_dev() else { return };
+    let p = pair(&ctx);
+    const LEN: usize = 4096;
+    let mut src = MemoryRegion::new(&p.pd, LEN, Access::NONE).unwrap();
+    src.as_mut_slice().fill(5);
+    let mut target = vec![0u8; LEN];
+    let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
+    // SAFETY: `target` outlives both regions (dropped at the end of the test, after them) and
+    // is only read below once the writes have completed.
+    let old =
+        unsafe { MemoryRegion::register_raw(&p.pd, target.as_mut_ptr(), LEN, access) }.unwrap();
+    let stale = old.remote();
+    // SAFETY: as above. Registered before the old region goes, as the pool does.
+    let fresh =
+        unsafe { MemoryRegion::register_raw(&p.pd, target.as_mut_ptr(), LEN, access) }.unwrap();
+    drop(old);
+    assert_ne!(
+        fresh.rkey(),
+        stale.rkey,
+        "a region registered afresh has a key of its own"
+    );
+    let sge = src.sge(0..LEN);
+    // SAFETY: `src` and `target` stay alive and untouched until the completion.
+    unsafe { p.a.post_send(&[SendWr::write(1, &[sge], fresh.remote())]) }.unwrap();
+    assert_ok(&wait_n(&p.cq_a, 1)[0]);
+    src.as_mut_slice().fill(9);
+    let sge = src.sge(0..LEN);
+    // SAFETY: as above; the target's old key is expected to be refused.
+    unsafe { p.a.post_send(&[SendWr::write(2, &[sge], stale)]) }.unwrap();
+    let wc = wait_n(&p.cq_a, 1);
+    assert_eq!(wc[0].status(), WcStatus::REM_ACCESS_ERR, "{:?}", wc[0]);
+    assert_eq!(p.a.query_state().unwrap(), QpState::Err);
+    drop(fresh);
+    assert!(
+        target.iter().all(|&x| x == 5),
+        "the stale key wrote nothing"
+    );
+}

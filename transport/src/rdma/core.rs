@@ -16,6 +16,7 @@ use corewire_runtime::{register_poller, Poller, PollerRegistration};
 
 use crate::addr::RdmaOptions;
 use crate::error::{Result, TransportError};
+use crate::rdma::budget::pool_config;
 use crate::rdma::central::{self, Inbox};
 use crate::rdma::conn::{Conn, RECV_BUFS};
 use crate::rdma::dispatch::{dispatch, Dispatch};
@@ -104,7 +105,7 @@ pub(crate) fn core_rdma(opts: &RdmaOptions) -> Result<Rc<CoreRdma>> {
         Dispatch::Central => Some(central::attach(&cq)?),
     };
     let mr = MemoryRegion::new(&pd, POOL_CHUNKS * CHUNK, Access::LOCAL_WRITE)?;
-    let zc = match Pool::new(&pd, nic_numa_node(ctx.name())) {
+    let zc = match Pool::new(&pd, nic_numa_node(ctx.name()), &pool_config()) {
         Ok(p) => {
             let i = p.info();
             tracing::debug!(

@@ -222,6 +222,13 @@ impl RdmaEndpoint {
     pub fn pool_info(&self) -> Option<RdmaPoolInfo> {
         self.core.zc.as_ref().map(|p| p.info())
     }
+
+    /// Test hook, not API: the receive slabs this side holds for the connection (advertised
+    /// to the peer or about to be; not those handed up to the user), as the peer sees them.
+    #[doc(hidden)]
+    pub fn zc_slabs(&self) -> Vec<crate::rdma::verbs::RemoteBuf> {
+        self.conn.zc_slabs(&self.core)
+    }
 }
 
 impl Drop for RdmaEndpoint {

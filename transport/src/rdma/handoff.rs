@@ -246,7 +246,12 @@ impl Transfer for RdmaTransfer {
         let stream = TcpStream::from_std(self.stream)
             .map_err(|e| TransportError::from_io(&self.peer, "adopt the rdma side channel", e))?;
         // Only a side that told its peer it advertises needs slabs on the new core.
-        let slabs = RxSlabs::reserve(&core, self.local_zc);
+        let wanted = if self.local_zc {
+            self.cfg.receive_slabs.max(1)
+        } else {
+            0
+        };
+        let slabs = RxSlabs::reserve(&core, wanted);
         if self.local_zc && slabs.0.is_empty() {
             // The peer was told (at setup) that this side advertises receive slabs and waits
             // for them before a large send: without one here it would wait forever.

@@ -33,6 +33,11 @@
 //!   WRITE WITH IMM straight into a receive slab the peer advertised, which `recv` hands up as
 //!   it is: a 4 MiB payload from `alloc` is copied on neither side. Credit-based flow control
 //!   (receive credits for SENDs, advertised slabs for WRITEs), see [`conn`] and [`zerocopy`].
+//!   The pool's size per core is [`RdmaPoolConfig`] ([`set_pool_config`]); each connection
+//!   reserves up to `EndpointConfig::receive_slabs` of the core's receive slabs, and one that
+//!   finds none left has its peer's large payloads copied instead. Every slab is its own
+//!   memory region whose rkey only its connection's peer learns, re-registered when the slab
+//!   changes hands, so a peer can write only into its own connection's slabs.
 //! - **Dispatch** ([`Dispatch`], default `sharded`): the above. `central`, for comparison
 //!   only, moves CQ polling to one dispatcher thread for the whole process, as Ceph's
 //!   `RDMADispatcher` ([`central`]); chosen with [`set_dispatch`] or `CW_RDMA_DISPATCH`.
@@ -41,6 +46,7 @@
 //!   message sent on the old QP and not received into a `Reset` on both sides; see
 //!   [`handoff`].
 
+mod budget;
 mod central;
 mod conn;
 mod core;
@@ -55,6 +61,10 @@ mod stack;
 pub mod verbs;
 mod zerocopy;
 
+pub use budget::{
+    pool_config, set_pool_config, RdmaPoolConfig, MAX_RX_SLABS, MAX_TX_CHUNKS, SLAB_BYTES,
+    TX_CHUNK_BYTES,
+};
 pub use central::DISPATCHER_THREAD;
 pub use dispatch::{dispatch, set_dispatch, Dispatch};
 pub use endpoint::RdmaEndpoint;

@@ -3,14 +3,15 @@
 //! Each core (per device selection) owns two memory areas, mapped (on huge pages where
 //! possible, preferring the NIC's NUMA node: [`crate::rdma::hugemem`]) and registered once,
 //! when the core first uses the device:
-//! - the **send pool** ([`TX_CLASSES`]): fixed chunks in four power-of-four size classes,
-//!   64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8 (46 MiB), registered for local access
-//!   only. [`Pool::alloc`] (behind `Endpoint::alloc`) hands out a chunk of the smallest class
+//! - the **send pool**: fixed chunks in four power-of-four size classes
+//!   ([`TX_CHUNK_BYTES`]; by default 64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8,
+//!   46 MiB: [`RdmaPoolConfig`]), registered for local access only. [`Pool::alloc`] (behind `Endpoint::alloc`) hands out a chunk of the smallest class
 //!   that fits as a [`TxBuf`]; a request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
 //!   above 4 MiB, or whose class has no free chunk gets a heap buffer instead (no search of
 //!   larger classes: a small request never takes a 4 MiB chunk);
-//! - the **receive region** ([`RX_SLABS`] slabs of [`SLAB`] bytes), registered for remote
-//!   write: each connection reserves up to [`RX_SLABS_PER_CONN`] slabs at setup and
+//! - the **receive region** ([`RdmaPoolConfig::rx_slabs`] slabs of [`SLAB`] bytes, 32 by
+//!   default), each slab registered for remote write as its own memory region: each
+//!   connection reserves up to `EndpointConfig::receive_slabs` slabs at setup and
 //!   advertises them to its peer, which RDMA WRITEs large payloads straight into them
 //!   ([`crate::rdma::zerocopy`]). A written slab is handed up from `recv` as [`Bytes`] over the
 //!   slab itself and re-advertised once the user has dropped them.
@@ -30,10 +31,15 @@
 //! the pool while it is out: the user's `TxBuf`/`Bytes` is its only accessor.
 //!
 //! # Trust
-//! The receive region is one memory region with one rkey, known to every peer of the core: a
-//! peer could write into slabs advertised to another connection (as with any WRITE-based
-//! protocol without memory windows). The send pool has no remote access, so a peer can never
-//! change what this core sends.
+//! Each slab is its own memory region, and its rkey is only ever advertised to the connection
+//! that reserved it. When a slab goes back to the free list (its connection closed or moved
+//! away), it is registered afresh and the old region deregistered, so the key its former
+//! peer knew is dead before another connection can be given the slab: a WRITE with it fails
+//! on the adapter (remote access error, the writer's QP goes to the error state). A peer
+//! can therefore only write into slabs of its own connection. Within a connection a peer
+//! could still overwrite a slab whose payload the user holds (only memory windows,
+//! invalidated per payload, would close that, at a cost per message); the send pool has no
+//! remote access, so a peer can never change what this core sends.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -46,6 +52,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
 use crate::error::{Result, TransportError};
+use crate::rdma::budget::{RdmaPoolConfig, SLAB_BYTES, TX_CHUNK_BYTES};
 use crate::rdma::conn::Conn;
 use crate::rdma::core::CoreRdma;
 use crate::rdma::hugemem::{PoolBacking, PoolMem};
@@ -54,15 +61,8 @@ use crate::txbuf::TxBuf;
 
 /// Smallest payload piece that goes by RDMA WRITE (and smallest `alloc` from the pool).
 pub(crate) const ZC_MIN: usize = 16 << 10;
-/// Send pool size classes: chunk size and count.
-pub(crate) const TX_CLASSES: [(usize, u32); 4] =
-    [(64 << 10, 32), (256 << 10, 16), (1 << 20, 8), (4 << 20, 8)];
 /// Size of one receive slab (the largest single WRITE this side accepts).
-pub(crate) const SLAB: usize = 1 << 20;
-/// Receive slabs per core.
-pub(crate) const RX_SLABS: u32 = 32;
-/// Most slabs one connection reserves (two 4 MiB payloads in flight).
-pub(crate) const RX_SLABS_PER_CONN: u32 = 8;
+pub(crate) const SLAB: usize = SLAB_BYTES;
 
 /// Where a core's pool lives (a test and benchmark hook: `RdmaEndpoint::pool_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,11 @@ pub struct RdmaPoolInfo {
     pub numa_node: Option<usize>,
     /// Bytes mapped for both areas.
     pub bytes: usize,
+    /// Receive slabs of the core (registered ones: a slab whose re-registration failed is
+    /// retired).
+    pub rx_slabs: u32,
+    /// Receive slabs free (neither reserved by a connection nor held by a user).
+    pub rx_free: u32,
 }
 
 fn pool_err(area: &str, len: usize, e: std::io::Error) -> TransportError {
@@ -145,8 +150,10 @@ impl AsRef<[u8]> for RxOwner {
 pub(crate) struct Pool {
     // The regions before `shared`: deregistered before the memory can be freed.
     tx_mr: MemoryRegion,
-    rx_mr: MemoryRegion,
+    /// One region per receive slab (None: retired, its re-registration failed).
+    rx_mrs: RefCell<Vec<Option<MemoryRegion>>>,
     shared: Arc<Shared>,
+    pd: Rc<ProtectionDomain>,
     /// Offset and class of every send chunk, by index.
     chunks: Vec<(usize, usize)>,
     /// Free send chunks, per class.
@@ -157,13 +164,18 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Allocates both areas (huge pages where possible, preferring NUMA node `node`: the
-    /// NIC's, see [`crate::rdma::hugemem`]) and registers them in `pd`.
-    pub fn new(pd: &Rc<ProtectionDomain>, node: Option<usize>) -> Result<Pool> {
+    /// Allocates both areas of `cfg`'s sizes (huge pages where possible, preferring NUMA
+    /// node `node`: the NIC's, see [`crate::rdma::hugemem`]) and registers them in `pd`.
+    pub fn new(
+        pd: &Rc<ProtectionDomain>,
+        node: Option<usize>,
+        cfg: &RdmaPoolConfig,
+    ) -> Result<Pool> {
+        cfg.validate()?;
         let mut chunks = Vec::new();
         let mut free = Vec::new();
         let mut off = 0;
-        for (class, &(size, n)) in TX_CLASSES.iter().enumerate() {
+        for (class, (&size, n)) in TX_CHUNK_BYTES.iter().zip(cfg.tx_chunks).enumerate() {
             let mut list = Vec::new();
             for _ in 0..n {
                 list.push(chunks.len() as u32);
@@ -173,10 +185,11 @@ impl Pool {
             list.reverse();
             free.push(list);
         }
-        let rx_len = RX_SLABS as usize * SLAB;
+        let rx_len = cfg.rx_bytes();
         let shared = Arc::new(Shared {
-            tx: PoolMem::map(off, node).map_err(|e| pool_err("send", off, e))?,
-            rx: PoolMem::map(rx_len, node).map_err(|e| pool_err("receive", rx_len, e))?,
+            // An empty area (a size of 0) still maps one page: never handed out.
+            tx: PoolMem::map(off.max(1), node).map_err(|e| pool_err("send", off, e))?,
+            rx: PoolMem::map(rx_len.max(1), node).map_err(|e| pool_err("receive", rx_len, e))?,
             returns: SegQueue::new(),
             waker: Mutex::new(None),
         });
@@ -186,26 +199,50 @@ impl Pool {
         // handed out (never while a work request names them: sends keep a clone of the
         // `Bytes` until completion; slabs are handed out only after their WRITE completed).
         let tx_mr = unsafe {
-            MemoryRegion::register_raw(pd, shared.tx.ptr().as_ptr(), off, Access::LOCAL_WRITE)?
-        };
-        // SAFETY: as above.
-        let rx_mr = unsafe {
             MemoryRegion::register_raw(
                 pd,
-                shared.rx.ptr().as_ptr(),
-                shared.rx.len(),
-                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+                shared.tx.ptr().as_ptr(),
+                shared.tx.len(),
+                Access::LOCAL_WRITE,
             )?
         };
-        Ok(Pool {
+        let pool = Pool {
             tx_mr,
-            rx_mr,
+            rx_mrs: RefCell::new(Vec::new()),
             shared,
+            pd: Rc::clone(pd),
             chunks,
             free: RefCell::new(free),
-            rx_free: RefCell::new((0..RX_SLABS).rev().collect()),
-            rx_owner: RefCell::new((0..RX_SLABS).map(|_| Weak::new()).collect()),
-        })
+            rx_free: RefCell::new((0..cfg.rx_slabs).rev().collect()),
+            rx_owner: RefCell::new((0..cfg.rx_slabs).map(|_| Weak::new()).collect()),
+        };
+        let mrs = (0..cfg.rx_slabs)
+            .map(|s| pool.register_slab(s).map(Some))
+            .collect::<Result<_>>()?;
+        *pool.rx_mrs.borrow_mut() = mrs;
+        Ok(pool)
+    }
+
+    /// A fresh memory region over slab `s` (remote write), with keys of its own.
+    fn register_slab(&self, s: u32) -> Result<MemoryRegion> {
+        debug_assert!((s as usize + 1) * SLAB <= self.shared.rx.len());
+        // SAFETY: slab `s` lies inside the receive area (`s` < the slab count, which sized
+        // the area), valid for reads and writes while `shared` lives, which outlives every
+        // region (field order of `Pool`). The slab is accessed through Rust references only
+        // while handed out as `Bytes` after its WRITE completed, never while advertised.
+        unsafe {
+            MemoryRegion::register_raw(
+                &self.pd,
+                self.shared.rx.ptr().as_ptr().add(s as usize * SLAB),
+                SLAB,
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+            )
+        }
+    }
+
+    /// The number of receive slabs (registered or retired).
+    fn rx_slabs(&self) -> u32 {
+        self.rx_owner.borrow().len() as u32
     }
 
     /// Where the pool's memory lives.
@@ -215,13 +252,15 @@ impl Pool {
             backing: tx.backing().min(rx.backing()),
             numa_node: tx.node().and(rx.node()),
             bytes: tx.len() + rx.len(),
+            rx_slabs: self.rx_mrs.borrow().iter().flatten().count() as u32,
+            rx_free: self.rx_free.borrow().len() as u32,
         }
     }
 
     /// A `len`-byte send buffer in the pool, or on the heap (see the module docs).
     pub fn alloc(&self, core: &CoreRdma, len: usize) -> TxBuf {
         self.drain_returns(core);
-        let Some(class) = TX_CLASSES.iter().position(|&(size, _)| len <= size) else {
+        let Some(class) = TX_CHUNK_BYTES.iter().position(|&size| len <= size) else {
             return TxBuf::heap(len);
         };
         if len < ZC_MIN {
@@ -254,7 +293,17 @@ impl Pool {
         if self.shared.tx.contains(b.as_ptr(), b.len()) {
             Some(self.tx_mr.lkey())
         } else if self.shared.rx.contains(b.as_ptr(), b.len()) {
-            Some(self.rx_mr.lkey())
+            // A slab's own region covers it only if the bytes do not cross into the next.
+            let off = b.as_ptr() as usize - self.shared.rx.ptr().as_ptr() as usize;
+            let s = off / SLAB;
+            if (off + b.len() - 1) / SLAB != s {
+                return None;
+            }
+            self.rx_mrs
+                .borrow()
+                .get(s)?
+                .as_ref()
+                .map(MemoryRegion::lkey)
         } else {
             None
         }
@@ -275,21 +324,43 @@ impl Pool {
         }
     }
 
-    /// Puts slabs no posted or advertised use can touch any more back on the free list.
+    /// Puts slabs no posted or advertised use can touch any more back on the free list,
+    /// each under a fresh memory region: the rkey its last connection's peer knew dies here
+    /// (see the module docs). A slab whose re-registration fails is retired (logged), never
+    /// handed out under its old key.
     pub fn release_rx(&self, slabs: impl IntoIterator<Item = u32>) {
-        let mut owner = self.rx_owner.borrow_mut();
-        let mut free = self.rx_free.borrow_mut();
         for s in slabs {
-            owner[s as usize] = Weak::new();
-            free.push(s);
+            self.rx_owner.borrow_mut()[s as usize] = Weak::new();
+            // Register the new region before the old one goes: both live at once, so the
+            // adapter cannot give the new one the old keys.
+            let fresh = match self.register_slab(s) {
+                Ok(mr) => Some(mr),
+                Err(e) => {
+                    tracing::warn!(slab = s, error = %e, "rdma: receive slab retired: cannot re-register it");
+                    None
+                }
+            };
+            let usable = fresh.is_some();
+            let old = std::mem::replace(&mut self.rx_mrs.borrow_mut()[s as usize], fresh);
+            drop(old);
+            if usable {
+                self.rx_free.borrow_mut().push(s);
+            }
         }
     }
 
-    /// Slab `s` as a buffer the peer may write.
+    /// Slab `s` as a buffer the peer may write: the slab's own region and rkey.
+    ///
+    /// # Panics
+    /// If `s` is retired: only reserved slabs, taken from the free list, are advertised.
     pub fn remote(&self, s: u32) -> RemoteBuf {
+        let mrs = self.rx_mrs.borrow();
+        let mr = mrs[s as usize]
+            .as_ref()
+            .expect("a reserved receive slab is registered");
         RemoteBuf {
-            addr: self.rx_mr.as_ptr() as u64 + u64::from(s) * SLAB as u64,
-            rkey: self.rx_mr.rkey(),
+            addr: mr.as_ptr() as u64,
+            rkey: mr.rkey(),
             len: SLAB as u64,
         }
     }
@@ -301,8 +372,8 @@ impl Pool {
     /// advertised again until the returned `Bytes` (and its clones) are all dropped, and
     /// `len <= SLAB`.
     pub unsafe fn rx_bytes(&self, s: u32, len: usize) -> Bytes {
-        assert!(s < RX_SLABS && len <= SLAB);
-        // SAFETY: slab `s` lies inside the receive area (`s < RX_SLABS`).
+        assert!(s < self.rx_slabs() && len <= SLAB);
+        // SAFETY: slab `s` lies inside the receive area (`s` < the slab count).
         let ptr =
             unsafe { NonNull::new_unchecked(self.shared.rx.ptr().as_ptr().add(s as usize * SLAB)) };
         Bytes::from_owner(RxOwner {
@@ -320,7 +391,7 @@ impl Pool {
     /// # Safety
     /// As [`Pool::rx_bytes`]; the slab is released by the caller afterwards.
     pub unsafe fn rx_copy(&self, s: u32, len: usize, out: &mut bytes::BytesMut) {
-        assert!(s < RX_SLABS && len <= SLAB);
+        assert!(s < self.rx_slabs() && len <= SLAB);
         // SAFETY: inside the receive area; written and completed, not posted (contract).
         let src = unsafe {
             std::slice::from_raw_parts(self.shared.rx.ptr().as_ptr().add(s as usize * SLAB), len)

@@ -16,7 +16,6 @@ use crate::rdma::conn::{Conn, ConnParts, QP_CQ_BUDGET, RECV_BUFS, SQ_DEPTH};
 use crate::rdma::core::{core_rdma, CoreRdma, CHUNK};
 use crate::rdma::endpoint::RdmaEndpoint;
 use crate::rdma::handoff::side_channel;
-use crate::rdma::pool::RX_SLABS_PER_CONN;
 use crate::rdma::setup::{SetupMsg, READY};
 use crate::rdma::verbs::{Access, MemoryRegion, QpConfig, QueuePair};
 use crate::stack::{EndpointConfig, Listener, Transport};
@@ -271,7 +270,7 @@ async fn establish(
     let mut guard = Budget(&core, budget, false);
     let qp = create_qp(&core)?;
     let recv_mr = create_recv_mr(&core)?;
-    let slabs = RxSlabs::reserve(&core, cfg.receive_zero_copy);
+    let slabs = RxSlabs::reserve(&core, cfg.receive_slabs);
     let mine = SetupMsg {
         qp: qp.endpoint(),
         credits: RECV_BUFS as u16,
@@ -326,10 +325,10 @@ async fn establish(
 pub(crate) struct RxSlabs<'a>(pub Vec<u32>, &'a CoreRdma);
 
 impl<'a> RxSlabs<'a> {
-    /// Up to [`RX_SLABS_PER_CONN`] slabs of `core`'s budget if `wanted`, else none.
-    pub fn reserve(core: &'a CoreRdma, wanted: bool) -> RxSlabs<'a> {
-        let slabs = match (&core.zc, wanted) {
-            (Some(p), true) => p.reserve_rx(RX_SLABS_PER_CONN),
+    /// Up to `wanted` slabs of `core`'s budget (`EndpointConfig::receive_slabs`).
+    pub fn reserve(core: &'a CoreRdma, wanted: u32) -> RxSlabs<'a> {
+        let slabs = match &core.zc {
+            Some(p) if wanted > 0 => p.reserve_rx(wanted),
             _ => Vec::new(),
         };
         RxSlabs(slabs, core)

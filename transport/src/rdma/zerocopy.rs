@@ -270,6 +270,22 @@ impl Conn {
         Some(encode_adv(&bufs))
     }
 
+    /// Address and rkey of each slab this side holds for the connection, advertised or
+    /// waiting to be (not those handed to the user).
+    pub(super) fn zc_slabs(&self, core: &CoreRdma) -> Vec<RemoteBuf> {
+        let Some(pool) = core.zc.as_ref() else {
+            return Vec::new();
+        };
+        let z = &self.zc;
+        let adv = z.advertised.borrow();
+        let todo = z.to_advertise.borrow();
+        adv.iter()
+            .map(|&(s, _)| s)
+            .chain(todo.iter().copied())
+            .map(|s| pool.remote(s))
+            .collect()
+    }
+
     /// A move retired the QP: forget the peer's buffers, take ours back (still owned, to
     /// advertise afresh on the new QP), and number from zero.
     pub(super) fn zc_reset_for_move(&self) {
