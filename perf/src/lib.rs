@@ -8,6 +8,8 @@ pub mod plot;
 pub mod rdma_bench;
 pub mod report;
 pub mod runtime_bench;
+#[cfg(feature = "rdma")]
+pub mod srq_bench;
 pub mod sweep;
 pub mod thread_cpu;
 pub mod transport_bench;

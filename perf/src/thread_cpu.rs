@@ -45,6 +45,14 @@ fn read_cpu(tid: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// The calling thread's cumulative CPU time (same sources as [`snapshot`]), or `None` if
+/// `/proc` has neither.
+pub fn current() -> Option<Duration> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    read_cpu(&tid.to_string())
+}
+
 /// CPU time of every live thread of this process.
 pub fn snapshot() -> Snapshot {
     let mut threads = Vec::new();

@@ -400,6 +400,13 @@ impl Core {
             drop(r);
         }
         self.shared.drop_external();
+        for e in self.pollers.snapshot().iter() {
+            if let Err(payload) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| e.poller.on_core_stop()))
+            {
+                report_panic(self, payload);
+            }
+        }
         self.pollers.clear();
         self.uring.shutdown(Duration::from_secs(2));
     }

@@ -15,6 +15,10 @@
 //! - While parked, the core waits for [`Poller::interrupt_fd`] to become readable, together with
 //!   its own wake-up fd and its next timer.
 //! - [`Poller::exit_interrupt_mode`] is called after the wait, on every poller that entered.
+//! - [`Poller::on_core_stop`] is called once when the core shuts down, after its tasks have
+//!   been dropped and before the pollers are unregistered and the I/O ring closes: the place
+//!   to finish work that tasks started and only the poller's own polls would have completed
+//!   (the RDMA poller destroys the queue pairs of connections closed mid-drain there).
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
@@ -45,6 +49,12 @@ pub trait Poller {
 
     /// A short name for logs and statistics.
     fn name(&self) -> &str;
+
+    /// The core is stopping: its tasks have been dropped, its I/O ring still works, and the
+    /// poller is unregistered right after. Finish or release here what must not outlive the
+    /// core's loop (work a task started and only this poller's `poll` would complete).
+    /// Default: nothing.
+    fn on_core_stop(&self) {}
 }
 
 #[derive(Clone)]

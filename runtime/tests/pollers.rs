@@ -160,3 +160,62 @@ fn poller_interrupt_fd_wakes_a_parked_core() {
     let _ = rt.block_on(rt.spawn_on(0, || timer::sleep(Duration::from_millis(1))));
     rt.shutdown().unwrap();
 }
+
+/// Records, at core stop, whether its task was already gone and the I/O ring still worked.
+struct StopWatcher {
+    task_alive: Rc<Cell<bool>>,
+    seen: Arc<AtomicU64>,
+}
+impl Poller for StopWatcher {
+    fn poll(&self) -> bool {
+        false
+    }
+    fn name(&self) -> &str {
+        "stop-watcher"
+    }
+    fn on_core_stop(&self) {
+        // 1: called; 2: after the core's tasks were dropped; 3: and a socket still opens.
+        let mut v = 1;
+        if !self.task_alive.get() {
+            v = 2;
+            if TcpListener::bind("127.0.0.1:0".parse().unwrap()).is_ok() {
+                v = 3;
+            }
+        }
+        self.seen.store(v, Ordering::SeqCst);
+    }
+}
+
+/// Clears the flag when the task holding it is dropped.
+struct AliveWhileHeld(Rc<Cell<bool>>);
+impl Drop for AliveWhileHeld {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+#[test]
+fn pollers_hear_of_core_stop_after_tasks_are_dropped() {
+    let rt = common::rt();
+    let seen = Arc::new(AtomicU64::new(0));
+    let s2 = seen.clone();
+    rt.block_on(rt.spawn_on(0, move || async move {
+        let alive = Rc::new(Cell::new(true));
+        let reg = register_poller(Rc::new(StopWatcher {
+            task_alive: alive.clone(),
+            seen: s2,
+        }))
+        .unwrap();
+        std::mem::forget(reg); // stays registered until the core stops
+        let held = AliveWhileHeld(alive);
+        spawn_local(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        })
+        .detach();
+    }))
+    .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "not before the stop");
+    rt.shutdown().unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}

@@ -118,3 +118,64 @@ fn injected_qp_error_resets_both_sides() {
     );
     rt.shutdown().unwrap();
 }
+
+#[test]
+fn close_drains_queue_pairs_without_blocking_the_core() {
+    // Dropping an endpoint moves its QP to ERR with drain markers and returns: the QP stays
+    // registered until the markers come through the core's poller, and only then is it
+    // destroyed and its CQ entries given back. So right after the drops every QP is still
+    // there (the core has not polled since: the drops did not wait), later none is, and the
+    // core goes on serving new connections.
+    if !rdma_env::device_present() {
+        return;
+    }
+    const N: usize = 16;
+    let rt = Runtime::builder().cores(2).build().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
+    let server = rt.spawn_on(1, move || async move {
+        let l = transport().listen(&rdma_env::listen_addr()).await.unwrap();
+        addr_tx.send(l.local_addr()).unwrap();
+        // Hold every accepted endpoint until its peer has gone: each sees the close.
+        let mut closed = 0;
+        for _ in 0..2 * N + 1 {
+            let ep = timer::timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+            corewire_runtime::spawn_local(async move {
+                let _ = ep.recv().await;
+            })
+            .detach();
+            closed += 1;
+        }
+        closed
+    });
+    let addr = addr_rx.recv_timeout(LIMIT).unwrap();
+    let client = rt.spawn_on(0, move || async move {
+        timer::timeout(LIMIT, async move {
+            let t = transport();
+            let probe = t.connect(&addr).await.unwrap();
+            let mut eps = Vec::new();
+            for _ in 0..N {
+                let ep = t.connect(&addr).await.unwrap();
+                ep.send(vec![Bytes::from_static(b"x")]).await.unwrap();
+                eps.push(ep);
+            }
+            assert_eq!(probe.core_queue_pairs(), N + 1);
+            drop(eps);
+            let right_after = probe.core_queue_pairs();
+            while probe.core_queue_pairs() > 1 {
+                timer::sleep(Duration::from_millis(2)).await;
+            }
+            let mut again = Vec::new();
+            for _ in 0..N {
+                again.push(t.connect(&addr).await.unwrap());
+            }
+            (right_after, probe.core_queue_pairs())
+        })
+        .await
+        .expect("client timed out")
+    });
+    let (right_after, after_reconnect) = rt.block_on(client).unwrap();
+    assert_eq!(right_after, N + 1, "the drops did not wait for the drains");
+    assert_eq!(after_reconnect, N + 1);
+    assert_eq!(rt.block_on(server).unwrap(), 2 * N + 1);
+    rt.shutdown().unwrap();
+}

@@ -10,6 +10,9 @@
 //! - `rdma-bench`: the transport workloads over the rdma stack, sharded and/or central
 //!   dispatch, with CPU % per thread (needs the `rdma` feature and an RDMA device; see
 //!   `scripts/rdma-bench`).
+//! - `srq-bench`: the receive design at the verbs level, a shared receive queue for all QPs
+//!   against a receive queue per QP, at several QP counts (needs the `rdma` feature and an
+//!   RDMA device).
 //! - `sweep`: what `bench` runs, over a grid of request sizes × requests in flight × cores; writes
 //!   `sweep.csv` and SVG plots. `plot` redraws the plots from a `sweep.csv`.
 
@@ -233,6 +236,43 @@ enum Cmd {
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
+    /// SRQ vs receive queue per QP, verbs level: N RC QP pairs on loopback, a sender thread
+    /// streaming SENDs under exact credits and a receiver thread reposting, with one SRQ for
+    /// all QPs or a receive queue per QP; msgs/s, CPU per message, receive memory and receive
+    /// WRs per post call, and srq / perqp per QP count. Needs `--features rdma` and an RDMA
+    /// device (run inside scripts/rxe-vm).
+    SrqBench {
+        #[arg(long, default_value = "rxe0")]
+        dev: String,
+        /// Seconds measured per design and QP count.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// QP counts (comma-separated).
+        #[arg(long, value_parser = parse_list, default_value = "1,16,64,256")]
+        qps: List,
+        /// SEND payload in bytes (k/KiB suffixes allowed).
+        #[arg(long, default_value_t = 4096, value_parser = sweep::parse_size)]
+        msg_size: usize,
+        /// Unacknowledged SENDs per QP; also the per-QP receive depth of `perqp`.
+        #[arg(long, default_value_t = 8)]
+        window: u32,
+        /// SRQ depth, the sender's shared credit [default: QPs × window].
+        #[arg(long)]
+        srq_depth: Option<u32>,
+        /// Receiver busy-poll before sleeping on the completion channel, in µs.
+        #[arg(long, default_value_t = 100)]
+        recv_spin_us: u64,
+        /// Rounds over every QP count and both designs (order alternating per round); the
+        /// srq / perqp ratios are medians of the rounds' paired ratios.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON object to this file (tables still printed).
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
     /// The runtime benchmarks (cross-core round trip, TCP ping-pong) beside their baselines.
     Runtime {
         /// Seconds per measured run.
@@ -273,6 +313,31 @@ fn main() -> std::io::Result<()> {
             json,
             json_out,
         } => rdma_bench(dispatch, merge, secs, ip, dev, json, json_out)?,
+        Cmd::SrqBench {
+            dev,
+            secs,
+            qps,
+            msg_size,
+            window,
+            srq_depth,
+            recv_spin_us,
+            rounds,
+            json,
+            json_out,
+        } => srq_bench(
+            SrqArgs {
+                dev,
+                secs,
+                qps: qps.0,
+                msg_size,
+                window,
+                srq_depth,
+                recv_spin_us,
+                rounds,
+            },
+            json,
+            json_out,
+        )?,
         Cmd::Runtime {
             secs,
             msg_size,
@@ -677,6 +742,68 @@ fn rdma_bench(
     _: bool,
     _: Option<PathBuf>,
 ) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "corewire-perf was built without RDMA: build it with \
+         `cargo build --release -p corewire-perf --features rdma`",
+    ))
+}
+
+/// `srq-bench` arguments.
+#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+struct SrqArgs {
+    dev: String,
+    secs: f64,
+    qps: Vec<usize>,
+    msg_size: usize,
+    window: u32,
+    srq_depth: Option<u32>,
+    recv_spin_us: u64,
+    rounds: usize,
+}
+
+#[cfg(feature = "rdma")]
+fn srq_bench(a: SrqArgs, json: bool, json_out: Option<PathBuf>) -> std::io::Result<()> {
+    use corewire_perf::srq_bench::{self, SrqBenchConfig};
+    let cfg = SrqBenchConfig {
+        dev: a.dev,
+        qps: a.qps,
+        msg_size: a.msg_size,
+        window: a.window,
+        srq_depth: a.srq_depth,
+        recv_spin: Duration::from_micros(a.recv_spin_us),
+        duration: Duration::from_secs_f64(a.secs),
+        rounds: a.rounds,
+    };
+    let (caps, runs) = srq_bench::run(&cfg)?;
+    let v = srq_bench::json(&cfg, &caps, &runs);
+    if let Some(p) = json_out {
+        std::fs::write(&p, format!("{v}\n"))?;
+    }
+    if json {
+        println!("{v}");
+    } else {
+        let (s, r) = bench_cpus();
+        println!(
+            "corewire-perf srq-bench: {}, {} B SENDs, window {} per QP, sender cpu {s}, receiver \
+             cpu {r}, receiver spin {} µs, {} s per run, {} rounds (device max_qp_wr {}, max_srq_wr {}, \
+             max_cqe {})",
+            cfg.dev,
+            cfg.msg_size,
+            cfg.window,
+            a.recv_spin_us,
+            a.secs,
+            a.rounds.max(1),
+            caps.max_qp_wr,
+            caps.max_srq_wr,
+            caps.max_cqe
+        );
+        print!("{}", srq_bench::render(&runs));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "rdma"))]
+fn srq_bench(_: SrqArgs, _: bool, _: Option<PathBuf>) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "corewire-perf was built without RDMA: build it with \
          `cargo build --release -p corewire-perf --features rdma`",

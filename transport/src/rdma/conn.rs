@@ -54,7 +54,7 @@ use crate::merge_send::MergeState;
 use crate::rdma::core::{CoreRdma, CHUNK};
 use crate::rdma::handoff::SideCtl;
 use crate::rdma::verbs::{
-    MemoryRegion, QueuePair, RecvWr, Sge, WcOpcode, WcStatus, WorkCompletion,
+    MemoryRegion, QueuePair, RecvWr, Sge, WcOpcode, WcStatus, WorkCompletion, RESERVED_WR_ID_MIN,
 };
 use crate::rdma::zerocopy::{Ready, ZcConn, IMM_ADV};
 use crate::sendq::SendQueue;
@@ -304,6 +304,9 @@ impl Conn {
 
     /// Routes one completion of this QP.
     pub(crate) fn on_completion(self: &Rc<Self>, core: &CoreRdma, wc: &WorkCompletion) {
+        if wc.wr_id() >= RESERVED_WR_ID_MIN {
+            return self.on_drain_marker(core, wc);
+        }
         if wc.wr_id() & RECV_BIT != 0 {
             self.on_recv(core, wc);
         } else {
@@ -505,17 +508,74 @@ impl Conn {
         wcs
     }
 
-    /// Local close: the QP is destroyed (drained), chunks are returned, the side channel is
-    /// shut down so the peer notices (unless the endpoint was handed off: then the side
-    /// channel lives on, on the new core).
-    pub(crate) fn close(self: &Rc<Self>, core: &CoreRdma) {
+    /// Local close: the side channel is shut down so the peer notices (unless the endpoint
+    /// was handed off: then the side channel lives on, on the new core), and the QP is
+    /// drained without blocking the core: it goes to ERR with a marker on each queue and
+    /// stays registered, so its flushed completions (returning send chunks) and the markers
+    /// come through the core's poller like any others; the second marker destroys it
+    /// ([`Conn::finish_close`]). Should the markers not come within the QP's
+    /// `drain_timeout`, it is destroyed anyway (logged).
+    pub(crate) fn close(self: &Rc<Self>, core: &Rc<CoreRdma>) {
         if self.closed.replace(true) {
             return;
         }
         self.fail(Dead::Closed);
         self.side.stop();
         let _ = self.stream.shutdown(Shutdown::Both);
-        drop(self.retire_qp(core)); // moves to ERR, drains, destroys
+        let limit = {
+            let mut qp = self.qp.borrow_mut();
+            qp.as_mut().map(|qp| {
+                qp.start_drain();
+                (qp.is_drained(), qp.config().drain_timeout)
+            })
+        };
+        let Some((false, limit)) = limit else {
+            return self.retire_all(core); // no QP, or nothing to wait for
+        };
+        let (conn, weak_core) = (Rc::downgrade(self), Rc::downgrade(core));
+        let watchdog = corewire_runtime::try_spawn_local(async move {
+            timer::sleep(limit).await;
+            if let (Some(c), Some(core)) = (conn.upgrade(), weak_core.upgrade()) {
+                if let Some(qp) = c.qp.borrow().as_ref() {
+                    qp.abandon_drain();
+                }
+                c.finish_close(&core);
+            }
+        });
+        match watchdog {
+            Ok(t) => t.detach(),
+            // Not on a core (shutting down): drain here, blocking (bounded).
+            Err(_) => self.finish_close(core),
+        }
+    }
+
+    /// Closed locally (its QP may still be draining).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// A drain marker of a closing QP completed: the last one retires it.
+    fn on_drain_marker(self: &Rc<Self>, core: &CoreRdma, wc: &WorkCompletion) {
+        let drained = self
+            .qp
+            .borrow()
+            .as_ref()
+            .is_some_and(|qp| qp.drain_marker(wc) && qp.is_drained());
+        if drained {
+            self.finish_close(core);
+        }
+    }
+
+    /// The end of a close: unregisters and destroys the (drained, or given up on) QP, gives
+    /// back its chunks, slabs and CQ entries. Once only.
+    pub(crate) fn finish_close(&self, core: &CoreRdma) {
+        if self.qp.borrow().is_some() {
+            self.retire_all(core);
+        }
+    }
+
+    fn retire_all(&self, core: &CoreRdma) {
+        drop(self.retire_qp(core)); // drained: destroyed at once
         self.release_slabs(core); // the peer can no longer write them
         core.release_cq(QP_CQ_BUDGET);
     }

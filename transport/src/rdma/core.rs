@@ -170,6 +170,11 @@ impl CoreRdma {
             .set(self.cq_budget.get().saturating_sub(entries));
     }
 
+    /// Queue pairs registered (live, or closing and not yet drained).
+    pub fn queue_pairs(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
     pub fn add(&self, qpn: u32, c: Rc<Conn>) {
         self.conns.borrow_mut().insert(qpn, c);
     }
@@ -294,5 +299,22 @@ impl Poller for CoreRdma {
 
     fn name(&self) -> &str {
         "rdma"
+    }
+
+    /// Connections closed while their QP drains without blocking (`Conn::close`) are
+    /// finished here, draining what is left (bounded by the QP's drain timeout): the loop
+    /// whose polls would have finished them is ending, and they must not outlive it (their
+    /// side-channel sockets belong to the core's I/O ring).
+    fn on_core_stop(&self) {
+        let closing: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| c.is_closed())
+            .cloned()
+            .collect();
+        for c in closing {
+            c.finish_close(self);
+        }
     }
 }

@@ -223,6 +223,13 @@ impl RdmaEndpoint {
         self.core.zc.as_ref().map(|p| p.info())
     }
 
+    /// Test hook, not API: queue pairs registered on this endpoint's core (live ones, and
+    /// closed ones still draining).
+    #[doc(hidden)]
+    pub fn core_queue_pairs(&self) -> usize {
+        self.core.queue_pairs()
+    }
+
     /// Test hook, not API: the receive slabs this side holds for the connection (advertised
     /// to the peer or about to be; not those handed up to the user), as the peer sees them.
     #[doc(hidden)]

@@ -17,10 +17,15 @@
 //!   park if completions raced in; the channel fd is the poller's `interrupt_fd`. No lock,
 //!   atomic or eventfd on the data path (returns of zero-copy buffers dropped on other
 //!   threads take a lock-free queue and a task wake-up).
-//! - **Receive queues: one per QP**, [`conn::RECV_BUFS`] buffers of [`core::CHUNK`] bytes each.
-//!   Simpler than an SRQ and it makes credits exact per connection; an SRQ per core would cut
-//!   receive memory with many mostly idle connections (16 × 16 KiB = 256 KiB per QP now), but
-//!   needs shared-pool credit accounting; that decision needs measurement (phase 2).
+//! - **Receive queues: one per QP**, [`conn::RECV_BUFS`] buffers of [`core::CHUNK`] bytes each,
+//!   decided by measurement (`corewire-perf srq-bench`, perf/README.md "SRQ per core or
+//!   receive queues per QP"): with the SRQ as deep as the credits granted, so that no
+//!   receiver runs dry and RNR never happens, an SRQ per core measured the same throughput,
+//!   receive CPU and memory (its repost saving is about 1 % of a message's receive cost).
+//!   Its real gain, a pool smaller than the credits granted, would trade that guarantee for
+//!   credits shared among peers and reclaimed from idle ones. Per-QP queues keep credits
+//!   exact per connection with no cross-connection coordination; the cost is 16 × 16 KiB =
+//!   256 KiB of receive buffers per QP.
 //! - **Setup** over a TCP side channel on the owning core (the runtime's io_uring
 //!   `TcpStream`): a versioned, length-checked exchange ([`setup`]) of QPN, PSN, GID, LID, port
 //!   MTU, receive credits and buffer size, then a ready byte each way; bounded by the connect

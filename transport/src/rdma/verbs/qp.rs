@@ -430,7 +430,10 @@ pub struct QueuePair {
     caps: QpCaps,
     cfg: QpConfig,
     state: Cell<QpState>,
+    /// The drain started (markers posted, ERR): nothing more to post.
     drained: bool,
+    /// Drain markers posted and not yet seen completing: (send, receive).
+    markers: Cell<(bool, bool)>,
     send_scratch: RefCell<SendScratch>,
     recv_scratch: RefCell<RecvScratch>,
     srq: Option<Rc<SharedReceiveQueue>>,
@@ -549,6 +552,7 @@ impl QueuePair {
             cfg,
             state: Cell::new(QpState::Reset),
             drained: false,
+            markers: Cell::new((false, false)),
             send_scratch: RefCell::default(),
             recv_scratch: RefCell::default(),
             srq: srq.cloned(),
@@ -932,27 +936,25 @@ impl QueuePair {
         self.drain()
     }
 
-    fn drain(&mut self) -> Vec<WorkCompletion> {
-        let mut own = Vec::new();
+    /// Starts a drain without waiting: moves the QP to ERR with a marker on each queue
+    /// (receive marker first: see below). Every request posted before completes (flushed, in
+    /// order) before its queue's marker, so once [`drain_marker`](Self::drain_marker) has
+    /// seen both ([`is_drained`](Self::is_drained)) the QP is empty and dropping it destroys
+    /// it at once. For a user that keeps polling the CQs through its own loop (the transport's
+    /// core poller) instead of blocking in [`close`](Self::close) or `Drop`. Idempotent.
+    pub fn start_drain(&mut self) {
         if self.drained || self.state.get() == QpState::Reset {
             self.drained = true;
-            return own;
+            return;
         }
         self.drained = true;
-        own.extend(self.send_cq.take_stashed_of(self.qpn));
-        if !Rc::ptr_eq(&self.send_cq, &self.recv_cq) {
-            own.extend(self.recv_cq.take_stashed_of(self.qpn));
-        }
-        // Markers: every request posted before a marker completes (flushed, in order) before
-        // the marker does, so once both markers' completions are seen the QP is empty.
-        //
         // The receive marker goes in *before* the move to ERR: the transition flushes the
         // receive queue, whereas a receive posted to a QP already in ERR may sit there
         // (Soft-RoCE on Linux 6.1 flushes only on the transition; user-space receive posts do
         // not enter the kernel). Moving to ERR again (ERR -> ERR is legal) flushes receives
         // posted after an earlier `to_error`. Should a message consume the marker first, its
         // completion (success or length error) still ends the wait.
-        let mut recv_pending = self.srq.is_none() && {
+        let recv_pending = self.srq.is_none() && {
             let marker = RecvWr::new(DRAIN_RECV_WR_ID, &[]);
             // SAFETY: a zero-length receive names no memory.
             match unsafe { self.post_recv_inner(&[marker], true) } {
@@ -969,13 +971,57 @@ impl QueuePair {
         // The send marker only after ERR: posted to a connected QP it would be transmitted.
         let marker = SendWr::send(DRAIN_SEND_WR_ID, &[]);
         // SAFETY: a zero-length SEND names no memory.
-        let mut send_pending = match unsafe { self.post_send_inner(&[marker], true) } {
+        let send_pending = match unsafe { self.post_send_inner(&[marker], true) } {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "rdma: posting the send drain marker failed");
                 false
             }
         };
+        self.markers.set((send_pending, recv_pending));
+    }
+
+    /// Whether `wc` (a completion of this QP) is one of its drain markers; notes it if so.
+    pub fn drain_marker(&self, wc: &WorkCompletion) -> bool {
+        let (send, recv) = self.markers.get();
+        match wc.wr_id() {
+            DRAIN_SEND_WR_ID => self.markers.set((false, recv)),
+            DRAIN_RECV_WR_ID => self.markers.set((send, false)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// A drain was started and both markers have completed: the QP is empty.
+    pub fn is_drained(&self) -> bool {
+        self.drained && self.markers.get() == (false, false)
+    }
+
+    /// Gives up waiting for the markers of a started drain (they did not come in time): the
+    /// QP is destroyed with requests possibly unflushed when dropped.
+    pub fn abandon_drain(&self) {
+        if self.markers.get() != (false, false) {
+            tracing::warn!(
+                qpn = self.qpn, markers = ?self.markers.get(),
+                "rdma: QP drain abandoned; destroying it with requests unflushed"
+            );
+            self.markers.set((false, false));
+        }
+    }
+
+    fn drain(&mut self) -> Vec<WorkCompletion> {
+        // Completions another QP's blocking drain polled and set aside for this one; after a
+        // `start_drain` they may include this QP's markers.
+        let mut own = self.send_cq.take_stashed_of(self.qpn);
+        if !Rc::ptr_eq(&self.send_cq, &self.recv_cq) {
+            own.extend(self.recv_cq.take_stashed_of(self.qpn));
+        }
+        own.retain(|wc| !self.drain_marker(wc));
+        if self.drained && self.markers.get() == (false, false) {
+            return own;
+        }
+        self.start_drain();
+        let (mut send_pending, mut recv_pending) = self.markers.get();
         let deadline = Instant::now() + self.cfg.drain_timeout;
         let mut batch: Vec<WorkCompletion> = vec![WorkCompletion::default(); 32];
         let same_cq = Rc::ptr_eq(&self.send_cq, &self.recv_cq);
@@ -1021,6 +1067,7 @@ impl QueuePair {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
+        self.markers.set((false, false)); // seen, or given up on
         own
     }
 }
