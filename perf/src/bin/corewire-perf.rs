@@ -241,38 +241,7 @@ enum Cmd {
     /// all QPs or a receive queue per QP; msgs/s, CPU per message, receive memory and receive
     /// WRs per post call, and srq / perqp per QP count. Needs `--features rdma` and an RDMA
     /// device (run inside scripts/rxe-vm).
-    SrqBench {
-        #[arg(long, default_value = "rxe0")]
-        dev: String,
-        /// Seconds measured per design and QP count.
-        #[arg(long, default_value_t = 3.0)]
-        secs: f64,
-        /// QP counts (comma-separated).
-        #[arg(long, value_parser = parse_list, default_value = "1,16,64,256")]
-        qps: List,
-        /// SEND payload in bytes (k/KiB suffixes allowed).
-        #[arg(long, default_value_t = 4096, value_parser = sweep::parse_size)]
-        msg_size: usize,
-        /// Unacknowledged SENDs per QP; also the per-QP receive depth of `perqp`.
-        #[arg(long, default_value_t = 8)]
-        window: u32,
-        /// SRQ depth, the sender's shared credit [default: QPs × window].
-        #[arg(long)]
-        srq_depth: Option<u32>,
-        /// Receiver busy-poll before sleeping on the completion channel, in µs.
-        #[arg(long, default_value_t = 100)]
-        recv_spin_us: u64,
-        /// Rounds over every QP count and both designs (order alternating per round); the
-        /// srq / perqp ratios are medians of the rounds' paired ratios.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Print one JSON object instead of tables.
-        #[arg(long)]
-        json: bool,
-        /// Also write the JSON object to this file (tables still printed).
-        #[arg(long)]
-        json_out: Option<PathBuf>,
-    },
+    SrqBench(SrqArgs),
     /// The runtime benchmarks (cross-core round trip, TCP ping-pong) beside their baselines.
     Runtime {
         /// Seconds per measured run.
@@ -313,31 +282,7 @@ fn main() -> std::io::Result<()> {
             json,
             json_out,
         } => rdma_bench(dispatch, merge, secs, ip, dev, json, json_out)?,
-        Cmd::SrqBench {
-            dev,
-            secs,
-            qps,
-            msg_size,
-            window,
-            srq_depth,
-            recv_spin_us,
-            rounds,
-            json,
-            json_out,
-        } => srq_bench(
-            SrqArgs {
-                dev,
-                secs,
-                qps: qps.0,
-                msg_size,
-                window,
-                srq_depth,
-                recv_spin_us,
-                rounds,
-            },
-            json,
-            json_out,
-        )?,
+        Cmd::SrqBench(a) => srq_bench(a)?,
         Cmd::Runtime {
             secs,
             msg_size,
@@ -749,24 +694,48 @@ fn rdma_bench(
 }
 
 /// `srq-bench` arguments.
+#[derive(clap::Args)]
 #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 struct SrqArgs {
+    /// RDMA device name.
+    #[arg(long, default_value = "rxe0")]
     dev: String,
+    /// Seconds measured per design and QP count.
+    #[arg(long, default_value_t = 3.0)]
     secs: f64,
-    qps: Vec<usize>,
+    /// QP counts (comma-separated).
+    #[arg(long, value_parser = parse_list, default_value = "1,16,64,256")]
+    qps: List,
+    /// SEND payload in bytes (k/KiB suffixes allowed).
+    #[arg(long, default_value_t = 4096, value_parser = sweep::parse_size)]
     msg_size: usize,
+    /// Unacknowledged SENDs per QP; also the per-QP receive depth of `perqp`.
+    #[arg(long, default_value_t = 8)]
     window: u32,
+    /// SRQ depth, the sender's shared credit [default: QPs × window].
+    #[arg(long)]
     srq_depth: Option<u32>,
+    /// Receiver busy-poll before sleeping on the completion channel, in µs.
+    #[arg(long, default_value_t = 100)]
     recv_spin_us: u64,
+    /// Rounds over every QP count and both designs (order alternating per round); the
+    /// srq / perqp ratios are medians of the rounds' paired ratios.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON object to this file (tables still printed).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 #[cfg(feature = "rdma")]
-fn srq_bench(a: SrqArgs, json: bool, json_out: Option<PathBuf>) -> std::io::Result<()> {
+fn srq_bench(a: SrqArgs) -> std::io::Result<()> {
     use corewire_perf::srq_bench::{self, SrqBenchConfig};
     let cfg = SrqBenchConfig {
         dev: a.dev,
-        qps: a.qps,
+        qps: a.qps.0,
         msg_size: a.msg_size,
         window: a.window,
         srq_depth: a.srq_depth,
@@ -776,10 +745,10 @@ fn srq_bench(a: SrqArgs, json: bool, json_out: Option<PathBuf>) -> std::io::Resu
     };
     let (caps, runs) = srq_bench::run(&cfg)?;
     let v = srq_bench::json(&cfg, &caps, &runs);
-    if let Some(p) = json_out {
+    if let Some(p) = a.json_out {
         std::fs::write(&p, format!("{v}\n"))?;
     }
-    if json {
+    if a.json {
         println!("{v}");
     } else {
         let (s, r) = bench_cpus();
@@ -803,7 +772,7 @@ fn srq_bench(a: SrqArgs, json: bool, json_out: Option<PathBuf>) -> std::io::Resu
 }
 
 #[cfg(not(feature = "rdma"))]
-fn srq_bench(_: SrqArgs, _: bool, _: Option<PathBuf>) -> std::io::Result<()> {
+fn srq_bench(_: SrqArgs) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "corewire-perf was built without RDMA: build it with \
          `cargo build --release -p corewire-perf --features rdma`",

@@ -83,6 +83,31 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     Ok(rc > 0)
 }
 
+/// Pins this thread to `cpu` and opens one side's device context, PD and CQ (of `cqe`
+/// entries); the context stays alive through the PD.
+fn open_side(
+    plan: &Plan,
+    cpu: usize,
+    cqe: u32,
+) -> io::Result<(Rc<ProtectionDomain>, Rc<CompletionQueue>)> {
+    pin(cpu);
+    let ctx = Context::open_by_name(&plan.dev, 1, None).map_err(verr)?;
+    let pd = ProtectionDomain::new(&ctx).map_err(verr)?;
+    let cq = CompletionQueue::new(&ctx, cqe).map_err(verr)?;
+    Ok((pd, cq))
+}
+
+/// Connects each QP to its peer's endpoint, in order; the two sides must have as many.
+fn connect_all(qps: &[QueuePair], peer: &[QpEndpoint]) -> io::Result<()> {
+    if peer.len() != qps.len() {
+        return Err(io::Error::other("srq-bench: endpoint count mismatch"));
+    }
+    for (qp, ep) in qps.iter().zip(peer) {
+        qp.connect(ep).map_err(verr)?;
+    }
+    Ok(())
+}
+
 /// The receiver's verbs objects. Fields drop in order: the QPs (flushing their receives),
 /// then the SRQ (releasing its receives), then the memory those receives named.
 struct RecvSide {
@@ -99,11 +124,8 @@ pub(super) fn receiver(
     from_peer: Receiver<Vec<QpEndpoint>>,
     ready: Sender<()>,
 ) -> io::Result<SideStats> {
-    pin(plan.cpus.1);
     let (msg, w) = (plan.msg_size, plan.window as usize);
-    let ctx = Context::open_by_name(&plan.dev, 1, None).map_err(verr)?;
-    let pd = ProtectionDomain::new(&ctx).map_err(verr)?;
-    let cq = CompletionQueue::new(&ctx, plan.recv_cqe).map_err(verr)?;
+    let (pd, cq) = open_side(plan, plan.cpus.1, plan.recv_cqe)?;
     let nbufs = plan.recv_bufs as usize;
     let mr = MemoryRegion::new(&pd, nbufs * msg, Access::LOCAL_WRITE).map_err(verr)?;
     let srq = match plan.design {
@@ -136,10 +158,7 @@ pub(super) fn receiver(
     to_peer
         .send(side.qps.iter().map(|q| q.endpoint()).collect())
         .map_err(|_| io::Error::other(PEER_FAILED))?;
-    let peer = recv_endpoints(&from_peer, sh)?;
-    for (qp, ep) in side.qps.iter().zip(&peer) {
-        qp.connect(ep).map_err(verr)?;
-    }
+    connect_all(&side.qps, &recv_endpoints(&from_peer, sh)?)?;
     ready.send(()).map_err(|_| io::Error::other(PEER_FAILED))?;
     sh.wait_start()?;
 
@@ -248,10 +267,7 @@ pub(super) fn sender(
     from_peer: Receiver<Vec<QpEndpoint>>,
     ready: Sender<()>,
 ) -> io::Result<SideStats> {
-    pin(plan.cpus.0);
-    let ctx = Context::open_by_name(&plan.dev, 1, None).map_err(verr)?;
-    let pd = ProtectionDomain::new(&ctx).map_err(verr)?;
-    let cq = CompletionQueue::new(&ctx, plan.send_cqe).map_err(verr)?;
+    let (pd, cq) = open_side(plan, plan.cpus.0, plan.send_cqe)?;
     let mr = MemoryRegion::new(&pd, plan.msg_size, Access::NONE).map_err(verr)?;
     let mut side = SendSide {
         qps: Vec::with_capacity(plan.qps),
@@ -263,13 +279,7 @@ pub(super) fn sender(
         let qp = QueuePair::new(&pd, &side.cq, &side.cq, None, qcfg.clone());
         side.qps.push(qp.map_err(verr)?);
     }
-    let peer = recv_endpoints(&from_peer, sh)?;
-    if peer.len() != side.qps.len() {
-        return Err(io::Error::other("srq-bench: endpoint count mismatch"));
-    }
-    for (qp, ep) in side.qps.iter().zip(&peer) {
-        qp.connect(ep).map_err(verr)?;
-    }
+    connect_all(&side.qps, &recv_endpoints(&from_peer, sh)?)?;
     to_peer
         .send(side.qps.iter().map(|q| q.endpoint()).collect())
         .map_err(|_| io::Error::other(PEER_FAILED))?;

@@ -549,11 +549,6 @@ impl Conn {
         }
     }
 
-    /// Closed locally (its QP may still be draining).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.get()
-    }
-
     /// A drain marker of a closing QP completed: the last one retires it.
     fn on_drain_marker(self: &Rc<Self>, core: &CoreRdma, wc: &WorkCompletion) {
         let drained = self

@@ -310,7 +310,7 @@ impl Poller for CoreRdma {
             .conns
             .borrow()
             .values()
-            .filter(|c| c.is_closed())
+            .filter(|c| c.closed.get())
             .cloned()
             .collect();
         for c in closing {

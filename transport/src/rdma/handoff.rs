@@ -245,9 +245,10 @@ impl Transfer for RdmaTransfer {
         let core = core_rdma(opts)?;
         let stream = TcpStream::from_std(self.stream)
             .map_err(|e| TransportError::from_io(&self.peer, "adopt the rdma side channel", e))?;
-        // Only a side that told its peer it advertises needs slabs on the new core.
+        // Only a side that told its peer it advertises needs slabs on the new core (it had
+        // some, so its `receive_slabs` is at least 1).
         let wanted = if self.local_zc {
-            self.cfg.receive_slabs.max(1)
+            self.cfg.receive_slabs
         } else {
             0
         };

@@ -5,8 +5,8 @@
 //! when the core first uses the device:
 //! - the **send pool**: fixed chunks in four power-of-four size classes
 //!   ([`TX_CHUNK_BYTES`]; by default 64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8,
-//!   46 MiB: [`RdmaPoolConfig`]), registered for local access only. [`Pool::alloc`] (behind `Endpoint::alloc`) hands out a chunk of the smallest class
-//!   that fits as a [`TxBuf`]; a request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
+//!   46 MiB: [`RdmaPoolConfig`]), registered for local access only. [`Pool::alloc`] (behind
+//!   `Endpoint::alloc`) hands out a chunk of the smallest class that fits as a [`TxBuf`]; a request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
 //!   above 4 MiB, or whose class has no free chunk gets a heap buffer instead (no search of
 //!   larger classes: a small request never takes a 4 MiB chunk);
 //! - the **receive region** ([`RdmaPoolConfig::rx_slabs`] slabs of [`SLAB`] bytes, 32 by
@@ -166,12 +166,13 @@ pub(crate) struct Pool {
 impl Pool {
     /// Allocates both areas of `cfg`'s sizes (huge pages where possible, preferring NUMA
     /// node `node`: the NIC's, see [`crate::rdma::hugemem`]) and registers them in `pd`.
+    /// `cfg` is within its bounds: [`crate::rdma::budget::pool_config`] only hands out
+    /// configurations `set_pool_config` validated.
     pub fn new(
         pd: &Rc<ProtectionDomain>,
         node: Option<usize>,
         cfg: &RdmaPoolConfig,
     ) -> Result<Pool> {
-        cfg.validate()?;
         let mut chunks = Vec::new();
         let mut free = Vec::new();
         let mut off = 0;
@@ -341,8 +342,7 @@ impl Pool {
                 }
             };
             let usable = fresh.is_some();
-            let old = std::mem::replace(&mut self.rx_mrs.borrow_mut()[s as usize], fresh);
-            drop(old);
+            self.rx_mrs.borrow_mut()[s as usize] = fresh; // the old region goes here
             if usable {
                 self.rx_free.borrow_mut().push(s);
             }

@@ -1017,15 +1017,11 @@ impl QueuePair {
             own.extend(self.recv_cq.take_stashed_of(self.qpn));
         }
         own.retain(|wc| !self.drain_marker(wc));
-        if self.drained && self.markers.get() == (false, false) {
-            return own;
-        }
         self.start_drain();
-        let (mut send_pending, mut recv_pending) = self.markers.get();
         let deadline = Instant::now() + self.cfg.drain_timeout;
         let mut batch: Vec<WorkCompletion> = vec![WorkCompletion::default(); 32];
         let same_cq = Rc::ptr_eq(&self.send_cq, &self.recv_cq);
-        while send_pending || recv_pending {
+        while !self.is_drained() {
             let mut got = 0;
             let cqs: &[&Rc<CompletionQueue>] = if same_cq {
                 &[&self.send_cq]
@@ -1037,8 +1033,7 @@ impl QueuePair {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "rdma: polling during QP drain failed");
-                        send_pending = false;
-                        recv_pending = false;
+                        self.markers.set((false, false));
                         break;
                     }
                 };
@@ -1046,19 +1041,15 @@ impl QueuePair {
                 for wc in &batch[..n] {
                     if wc.qp_num() != self.qpn {
                         cq.stash(wc.clone());
-                    } else if wc.wr_id() == DRAIN_SEND_WR_ID {
-                        send_pending = false;
-                    } else if wc.wr_id() == DRAIN_RECV_WR_ID {
-                        recv_pending = false;
-                    } else {
+                    } else if !self.drain_marker(wc) {
                         own.push(wc.clone());
                     }
                 }
             }
-            if got == 0 && (send_pending || recv_pending) {
+            if got == 0 && !self.is_drained() {
                 if Instant::now() >= deadline {
                     tracing::warn!(
-                        qpn = self.qpn, send_pending, recv_pending,
+                        qpn = self.qpn, markers = ?self.markers.get(),
                         timeout = ?self.cfg.drain_timeout,
                         "rdma: QP drain timed out; destroying it with requests unflushed"
                     );
