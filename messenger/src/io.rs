@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corewire_runtime::timer;
@@ -61,12 +61,22 @@ impl LocalNotify {
 
 /// The read side of a connection: the frame decoder, the idle timeout and the peer (for
 /// errors). Travels with the endpoint when a connection moves to its owning core.
+///
+/// The idle timeout is enforced two ways. During the handshake each receive is raced with
+/// a timer of its own (few receives, simplest). Once the session is up, receives are
+/// untimed and stamp a [`RxWatch`]; one watchdog timer per session ([`idle_watch`]) sleeps
+/// until the waiting receive's start + idle and re-arms while data keeps arriving: a timer
+/// per idle period instead of a timer set and cancelled on every receive of the hot path.
 pub(crate) struct FrameReader {
     pub(crate) dec: FrameDecoder,
     pub(crate) idle: Duration,
     pub(crate) peer: Address,
     pub(crate) faults: Faults,
 }
+
+/// When the session's current receive started, and whether it is still waiting for the peer
+/// (the watchdog counts only time spent waiting, as the per-receive timer does).
+pub(crate) type RxWatch = Cell<(Instant, bool)>;
 
 impl FrameReader {
     /// A reader for a transport to `peer`, with messenger `m`'s limits and fault injection.
@@ -79,7 +89,20 @@ impl FrameReader {
         }
     }
 
-    async fn recv_more(&mut self, ep: &AnyEndpoint, during: &'static str) -> Result<()> {
+    async fn recv_more(
+        &mut self,
+        ep: &AnyEndpoint,
+        during: &'static str,
+        watch: Option<&RxWatch>,
+    ) -> Result<()> {
+        if let Some(w) = watch {
+            w.set((Instant::now(), true));
+            let r = ep.recv().await;
+            w.set((w.get().0, false));
+            let chunk = r.map_err(|e| MessengerError::transport(&self.peer, e))?;
+            self.dec.feed(chunk);
+            return Ok(());
+        }
         match timer::timeout(self.idle, ep.recv()).await {
             Ok(Ok(chunk)) => {
                 self.dec.feed(chunk);
@@ -99,7 +122,7 @@ impl FrameReader {
         loop {
             match self.dec.next_banner() {
                 Ok(Some(b)) => return Ok(b),
-                Ok(None) => self.recv_more(ep, "reading the banner").await?,
+                Ok(None) => self.recv_more(ep, "reading the banner", None).await?,
                 Err(e) => return Err(MessengerError::wire(&self.peer, "reading the banner", e)),
             }
         }
@@ -111,6 +134,16 @@ impl FrameReader {
         ep: &AnyEndpoint,
         during: &'static str,
     ) -> Result<Frame> {
+        self.read_frame_watched(ep, during, None).await
+    }
+
+    /// As [`Self::read_frame`]; with `watch`, receives are untimed and stamp it instead.
+    async fn read_frame_watched(
+        &mut self,
+        ep: &AnyEndpoint,
+        during: &'static str,
+        watch: Option<&RxWatch>,
+    ) -> Result<Frame> {
         loop {
             match self.dec.next_frame() {
                 Ok(Some((tag, segs))) => {
@@ -120,7 +153,7 @@ impl FrameReader {
                     return Frame::decode(tag, &segs)
                         .map_err(|e| MessengerError::wire(&self.peer, during, e));
                 }
-                Ok(None) => self.recv_more(ep, during).await?,
+                Ok(None) => self.recv_more(ep, during, watch).await?,
                 Err(e) => return Err(MessengerError::wire(&self.peer, during, e)),
             }
         }
@@ -134,6 +167,27 @@ pub(crate) async fn write(ep: &AnyEndpoint, peer: &Address, bufs: Vec<Bytes>) ->
         .map_err(|e| MessengerError::transport(peer, e))
 }
 
+/// Fails with [`MessengerError::IdleTimeout`] once one receive has waited `idle` for the
+/// peer (`last_rx`: when it started, and whether it still waits); one timer per idle period.
+async fn idle_watch(last_rx: &RxWatch, idle: Duration, peer: Address) -> Result<()> {
+    loop {
+        let now = Instant::now();
+        let deadline = match last_rx.get() {
+            (since, true) if now >= since + idle => {
+                return Err(MessengerError::IdleTimeout {
+                    peer,
+                    during: "reading frames",
+                    after: idle,
+                })
+            }
+            (since, true) => since + idle,
+            // Not waiting on the peer (e.g. held by the dispatch throttle): look again later.
+            (_, false) => now + idle,
+        };
+        timer::sleep_until(deadline).await;
+    }
+}
+
 /// Run an established session until it fails or is marked down.
 pub(crate) async fn run_session(
     ep: &AnyEndpoint,
@@ -143,9 +197,13 @@ pub(crate) async fn run_session(
 ) -> Result<()> {
     let peer = reader.peer.clone();
     let faults = reader.faults.clone();
+    let watch = RxWatch::new((Instant::now(), false));
+    let idle = idle_watch(&watch, reader.idle, peer.clone());
     let read = async {
         loop {
-            let frame = reader.read_frame(ep, "reading frames").await?;
+            let frame = reader
+                .read_frame_watched(ep, "reading frames", Some(&watch))
+                .await?;
             // The dispatch throttle: no more reading until the message has its share.
             let hold = match (&frame, &conn.throttle) {
                 (Frame::Message(m), Some(b)) => {
@@ -190,7 +248,7 @@ pub(crate) async fn run_session(
     if conn.out.borrow().has_work() {
         conn.wake.notify();
     }
-    or(read, or(write_loop, tick)).await
+    or(read, or(write_loop, or(tick, idle))).await
 }
 
 fn handle_frame(conn: &Conn, peer: &Address, frame: Frame, hold: Hold) -> Result<()> {

@@ -1,6 +1,7 @@
 //! corewire benchmarks. Every figure is reported next to a baseline measured in the same run,
 //! as a ratio: this machine is shared and noisy, so absolute numbers mean little.
 
+pub mod floor;
 pub mod iperf3;
 pub mod msgr_bench;
 pub mod plot;

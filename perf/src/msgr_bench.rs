@@ -352,6 +352,15 @@ impl MsgrResult {
     pub fn cpu_us_per_msg_server(&self) -> Option<f64> {
         self.cpu_server.map(|d| self.per_msg_us(d))
     }
+    /// Time per message in loop iterations that found work (spinning left out), client side.
+    pub fn work_us_per_msg_client(&self) -> f64 {
+        self.per_msg_us(self.client_cores.iter().map(|c| c.busy).sum())
+    }
+    /// As [`Self::work_us_per_msg_client`], server side (`None` when it is not in this process).
+    pub fn work_us_per_msg_server(&self) -> Option<f64> {
+        self.cpu_server
+            .map(|_| self.per_msg_us(self.server_cores.iter().map(|c| c.busy).sum()))
+    }
     fn lat_us(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
     }
@@ -394,6 +403,10 @@ impl MsgrResult {
                 "client": self.cpu_us_per_msg_client(),
                 "server": self.cpu_us_per_msg_server(),
             },
+            "work_us_per_msg": {
+                "client": self.work_us_per_msg_client(),
+                "server": self.work_us_per_msg_server(),
+            },
             "client_cores": cores(&self.client_cores),
             "server_cores": cores(&self.server_cores),
             "dispatch": self.dispatch,
@@ -435,10 +448,13 @@ impl MsgrResult {
             self.hist.max() as f64 / 1000.0
         );
         s += &format!(
-            "  cpu µs/msg: client {:.2}  server {}\n",
+            "  cpu µs/msg: client {:.2} (work {:.2})  server {}\n",
             self.cpu_us_per_msg_client(),
-            self.cpu_us_per_msg_server()
-                .map_or("- (not in this process)".into(), |v| format!("{v:.2}"))
+            self.work_us_per_msg_client(),
+            match (self.cpu_us_per_msg_server(), self.work_us_per_msg_server()) {
+                (Some(c), Some(w)) => format!("{c:.2} (work {w:.2})"),
+                _ => "- (not in this process)".into(),
+            }
         );
         for (side, v) in [
             ("client", &self.client_cores),

@@ -301,8 +301,10 @@ pub fn central_queue_is_bounded_by_the_throttle<H: Harness>(h: H) {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Held requests: one in the dispatcher, the rest queued; never more than the throttle.
+    // (All LIMIT can sit in the queue for a moment, before the ms_dispatch thread takes the
+    // first one: seen on a loaded machine.)
     assert!(
-        max_queued < LIMIT as u64,
+        max_queued <= LIMIT as u64,
         "{max_queued} queued, throttle {LIMIT}"
     );
     echo.set_gate(false);

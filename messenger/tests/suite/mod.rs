@@ -525,6 +525,43 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
     );
 }
 
+/// Once the session is up the idle timeout is one watchdog per session, not a timer per
+/// receive: a client that keeps sending keepalives (every 100 ms) keeps its session through
+/// several idle periods (400 ms); a silent one is reset with IdleTimeout while reading frames.
+pub fn established_session_idle_timeout_watchdog<H: Harness>(h: H) {
+    const IDLE: Duration = Duration::from_millis(400);
+    for (keepalive, expect_reset) in [(Some(Duration::from_millis(100)), false), (None, true)] {
+        let rt = runtime();
+        let srec = Recorder::new();
+        let (server, addr) = server(&rt, &h, vec![srec.clone()], IDLE);
+        let client = Messenger::builder(EntityName::new(EntityType::Client, 7))
+            .transport(h.kind())
+            .handle(rt.handle())
+            .keepalive_interval(keepalive)
+            .build()
+            .unwrap();
+        client.add_dispatcher_tail(Recorder::new()).unwrap();
+        client.start().unwrap();
+        let _c = rt.block_on(client.connect(&addr)).unwrap();
+        srec.wait_for("accept", |s| s.accepts.len() == 1);
+        if expect_reset {
+            srec.wait_for("idle reset", |s| !s.resets.is_empty());
+            let (conn, reason) = srec.seen.lock().unwrap().resets[0].clone();
+            assert!(
+                reason.contains("IdleTimeout") && reason.contains("reading frames"),
+                "{reason}"
+            );
+            assert!(conn.is_closed());
+        } else {
+            std::thread::sleep(IDLE * 4);
+            let seen = srec.seen.lock().unwrap();
+            assert!(seen.resets.is_empty(), "{:?}", seen.resets);
+            assert!(!seen.accepts[0].is_closed());
+        }
+        stop(rt, &[&client, &server]);
+    }
+}
+
 pub fn unsupported_banner_features_are_a_typed_error<H: Harness>(h: H) {
     let b = Banner {
         supported: u64::MAX,
@@ -586,6 +623,7 @@ macro_rules! messenger_tests {
             bad_crc_is_a_typed_error,
             oversized_segment_is_a_typed_error,
             stalled_peer_hits_the_idle_timeout,
+            established_session_idle_timeout_watchdog,
             unsupported_banner_features_are_a_typed_error,
             frames_out_of_order_are_a_typed_error,
             lossy_peer_drop_reports_reset,

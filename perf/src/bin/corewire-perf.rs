@@ -26,6 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use corewire_messenger::DispatchMode;
+use corewire_perf::floor::{self, Floor};
 use corewire_perf::iperf3::{self, Iperf3Result};
 use corewire_perf::msgr_bench::{
     self, in_process_cpus, listen_addr, phase, process_cpu, run_client, run_in_process,
@@ -311,15 +312,13 @@ fn main() -> std::io::Result<()> {
             }
             phase("start");
             let measure = Duration::from_secs_f64(secs);
+            let warmup = (measure / 10).max(Duration::from_millis(100));
             let cfg = ClientConfig {
                 jobs,
                 concurrency,
                 msg_size,
                 think: Duration::ZERO,
-                stop: StopAfter::Time {
-                    warmup: (measure / 10).max(Duration::from_millis(100)),
-                    measure,
-                },
+                stop: StopAfter::Time { warmup, measure },
                 progress: !json,
             };
             let modes = match dispatch {
@@ -367,10 +366,21 @@ fn main() -> std::io::Result<()> {
                 let cpu = process_cpu().saturating_sub(cpu0);
                 Some((m, cpu))
             };
+            // The kernel floor is one connection on one core per side: the same shape only.
+            let floor = if no_baseline || transport.name() != "tcp" || jobs != 1 || cores != 1 {
+                None
+            } else {
+                let (c, s) = in_process_cpus(1)?;
+                phase("floor_start");
+                let f = floor::run(msg_size, concurrency, warmup, measure, c[0], s[0])?;
+                phase("floor_end");
+                Some(f)
+            };
             report(
                 &r,
                 central.as_ref(),
                 base.as_ref().map(|(m, cpu)| (m, *cpu)),
+                floor.as_ref(),
                 iperf.as_ref(),
                 json,
             );
@@ -526,7 +536,7 @@ fn main() -> std::io::Result<()> {
             };
             let r = run_client(&rt, &parse_addr(&addr)?, &cfg, None)?;
             rt.shutdown().map_err(std::io::Error::other)?;
-            report(&r, None, None, None, json);
+            report(&r, None, None, None, None, json);
         }
     }
     Ok(())
@@ -536,6 +546,7 @@ fn report(
     r: &MsgrResult,
     central: Option<&MsgrResult>,
     base: Option<(&corewire_perf::transport_bench::Measured, Duration)>,
+    floor: Option<&Floor>,
     iperf: Option<&Iperf3Result>,
     json: bool,
 ) {
@@ -566,6 +577,13 @@ fn report(
             "cpu_us_per_msg_total": cpu.as_secs_f64() * 1e6 / m.ops.max(1) as f64,
         });
         v["ratio_to_tokio"] = serde_json::json!(r.msgs_per_sec() / tok);
+    }
+    if let Some(f) = floor {
+        v["floor"] = f.json();
+        v["ratio_cpu_to_floor"] = serde_json::json!({
+            "client": r.cpu_us_per_msg_client() / f.per_msg_us(f.client.cpu),
+            "server": r.cpu_us_per_msg_server().map(|c| c / f.per_msg_us(f.server.cpu)),
+        });
     }
     if json {
         println!("{v}");
@@ -607,6 +625,28 @@ latency µs p50 {:.1} p99 {:.1}, cpu µs/msg {:.2} (client + server, warm-up inc
         println!(
             "ratio: corewire messenger msgs/s / tokio msgs/s = {:.2}",
             r.msgs_per_sec() / tok
+        );
+    }
+    if let Some(f) = floor {
+        println!(
+            "kernel floor (raw loopback sockets, busy-polled, {} B requests / {} B replies as on \
+the wire, CRC32C both sides, no protocol, same run): {:.0} msgs/s, cpu µs/msg client {:.2} \
+(work {:.2})  server {:.2} (work {:.2})",
+            f.request_bytes,
+            f.reply_bytes,
+            f.msgs_per_sec(),
+            f.per_msg_us(f.client.cpu),
+            f.per_msg_us(f.client.work),
+            f.per_msg_us(f.server.cpu),
+            f.per_msg_us(f.server.work),
+        );
+        println!(
+            "ratio: corewire cpu µs/msg / kernel floor cpu µs/msg = client {:.2}  server {}",
+            r.cpu_us_per_msg_client() / f.per_msg_us(f.client.cpu),
+            r.cpu_us_per_msg_server().map_or("-".into(), |c| format!(
+                "{:.2}",
+                c / f.per_msg_us(f.server.cpu)
+            )),
         );
     }
 }
