@@ -95,26 +95,24 @@ impl FrameReader {
         during: &'static str,
         watch: Option<&RxWatch>,
     ) -> Result<()> {
-        if let Some(w) = watch {
-            w.set((Instant::now(), true));
-            let r = ep.recv().await;
-            w.set((w.get().0, false));
-            let chunk = r.map_err(|e| MessengerError::transport(&self.peer, e))?;
-            self.dec.feed(chunk);
-            return Ok(());
-        }
-        match timer::timeout(self.idle, ep.recv()).await {
-            Ok(Ok(chunk)) => {
-                self.dec.feed(chunk);
-                Ok(())
+        let received = match watch {
+            Some(w) => {
+                w.set((Instant::now(), true));
+                let r = ep.recv().await;
+                w.set((w.get().0, false));
+                r
             }
-            Ok(Err(e)) => Err(MessengerError::transport(&self.peer, e)),
-            Err(_) => Err(MessengerError::IdleTimeout {
-                peer: self.peer.clone(),
-                during,
-                after: self.idle,
-            }),
-        }
+            None => timer::timeout(self.idle, ep.recv()).await.map_err(|_| {
+                MessengerError::IdleTimeout {
+                    peer: self.peer.clone(),
+                    during,
+                    after: self.idle,
+                }
+            })?,
+        };
+        let chunk = received.map_err(|e| MessengerError::transport(&self.peer, e))?;
+        self.dec.feed(chunk);
+        Ok(())
     }
 
     /// The peer's banner.

@@ -122,8 +122,13 @@ impl Window {
     }
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted
+/// A non-blocking call's bytes, or `None` when it would have blocked (or was interrupted).
+fn nonblocking(r: io::Result<usize>) -> io::Result<Option<usize>> {
+    match r {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn server(
@@ -147,28 +152,25 @@ fn server(
         win.observe(phase.load(Ordering::Relaxed), work);
         let t = Instant::now();
         let mut moved = false;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
+        match nonblocking(s.read(&mut buf)) {
+            Ok(Some(0)) => break,
+            Ok(Some(n)) => {
                 moved = true;
                 crc = ceph_crc32c(crc, &buf[..n]);
                 partial += n;
                 owed += (partial / req) * rep;
                 partial %= req;
             }
-            Err(e) if would_block(&e) => {}
+            Ok(None) => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
             Err(e) => return Err(e),
         }
         while owed > 0 {
-            match s.write(&replies[..owed.min(replies.len())]) {
-                Ok(n) => {
-                    moved = true;
-                    owed -= n;
-                }
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Err(e),
-            }
+            let Some(n) = nonblocking(s.write(&replies[..owed.min(replies.len())]))? else {
+                break;
+            };
+            moved = true;
+            owed -= n;
         }
         if moved {
             work += t.elapsed();
@@ -212,7 +214,9 @@ pub fn run(
             s.set_nonblocking(true)?;
             // `window` requests back to back; a batch of k is the last k of them.
             let out: Vec<u8> = (0..req * window).map(|i| (i % 251) as u8).collect();
-            let payload_at = req - msg_size; // where each request's payload sits (roughly)
+            // Each request's data segment starts after what an empty message has on the wire
+            // (preamble, header, its crc): at `rep`.
+            let payload_at = rep;
             let mut rbuf = vec![0u8; 64 << 10];
             let (mut outstanding, mut unwritten, mut rpart, mut done) = (0usize, 0usize, 0, 0u64);
             let mut crc = 0u32;
@@ -244,29 +248,23 @@ pub fn run(
                 }
                 let mut moved = false;
                 if unwritten == 0 && outstanding < window {
-                    let k = window - outstanding;
-                    let first = window - k;
-                    for i in first..window {
+                    for i in outstanding..window {
                         let p = i * req + payload_at;
                         crc = ceph_crc32c(crc, &out[p..p + msg_size]);
                     }
+                    unwritten = (window - outstanding) * req;
                     outstanding = window;
-                    unwritten = k * req;
                     moved = true;
                 }
                 if unwritten > 0 {
-                    match s.write(&out[out.len() - unwritten..]) {
-                        Ok(n) => {
-                            moved = true;
-                            unwritten -= n;
-                        }
-                        Err(e) if would_block(&e) => {}
-                        Err(e) => return Err(e),
+                    if let Some(n) = nonblocking(s.write(&out[out.len() - unwritten..]))? {
+                        moved = true;
+                        unwritten -= n;
                     }
                 }
-                match s.read(&mut rbuf) {
-                    Ok(0) => return Err(io::Error::other("floor server closed early")),
-                    Ok(n) => {
+                match nonblocking(s.read(&mut rbuf))? {
+                    Some(0) => return Err(io::Error::other("floor server closed early")),
+                    Some(n) => {
                         moved = true;
                         rpart += n;
                         let m = rpart / rep;
@@ -274,8 +272,7 @@ pub fn run(
                         outstanding -= m;
                         done += m as u64;
                     }
-                    Err(e) if would_block(&e) => {}
-                    Err(e) => return Err(e),
+                    None => {}
                 }
                 if moved {
                     work += now.elapsed();

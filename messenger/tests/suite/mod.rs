@@ -219,11 +219,22 @@ pub fn server<H: Harness>(
 }
 
 pub fn pair<H: Harness>(h: &H, srec: Arc<Recorder>) -> Pair {
+    pair_with(h, srec, Duration::from_secs(30), None)
+}
+
+/// [`pair`] with the server's idle timeout and the client's keepalive interval given.
+pub fn pair_with<H: Harness>(
+    h: &H,
+    srec: Arc<Recorder>,
+    idle: Duration,
+    keepalive: Option<Duration>,
+) -> Pair {
     let rt = runtime();
-    let (server, addr) = server(&rt, h, vec![srec.clone()], Duration::from_secs(30));
+    let (server, addr) = server(&rt, h, vec![srec.clone()], idle);
     let client = Messenger::builder(EntityName::new(EntityType::Client, 7))
         .transport(h.kind())
         .handle(rt.handle())
+        .keepalive_interval(keepalive)
         .build()
         .unwrap();
     let crec = Recorder::new();
@@ -531,22 +542,12 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
 pub fn established_session_idle_timeout_watchdog<H: Harness>(h: H) {
     const IDLE: Duration = Duration::from_millis(400);
     for (keepalive, expect_reset) in [(Some(Duration::from_millis(100)), false), (None, true)] {
-        let rt = runtime();
-        let srec = Recorder::new();
-        let (server, addr) = server(&rt, &h, vec![srec.clone()], IDLE);
-        let client = Messenger::builder(EntityName::new(EntityType::Client, 7))
-            .transport(h.kind())
-            .handle(rt.handle())
-            .keepalive_interval(keepalive)
-            .build()
-            .unwrap();
-        client.add_dispatcher_tail(Recorder::new()).unwrap();
-        client.start().unwrap();
-        let _c = rt.block_on(client.connect(&addr)).unwrap();
-        srec.wait_for("accept", |s| s.accepts.len() == 1);
+        let p = pair_with(&h, Recorder::new(), IDLE, keepalive);
+        let _c = p.connect();
+        p.srec.wait_for("accept", |s| s.accepts.len() == 1);
         if expect_reset {
-            srec.wait_for("idle reset", |s| !s.resets.is_empty());
-            let (conn, reason) = srec.seen.lock().unwrap().resets[0].clone();
+            p.srec.wait_for("idle reset", |s| !s.resets.is_empty());
+            let (conn, reason) = p.srec.seen.lock().unwrap().resets[0].clone();
             assert!(
                 reason.contains("IdleTimeout") && reason.contains("reading frames"),
                 "{reason}"
@@ -554,11 +555,11 @@ pub fn established_session_idle_timeout_watchdog<H: Harness>(h: H) {
             assert!(conn.is_closed());
         } else {
             std::thread::sleep(IDLE * 4);
-            let seen = srec.seen.lock().unwrap();
+            let seen = p.srec.seen.lock().unwrap();
             assert!(seen.resets.is_empty(), "{:?}", seen.resets);
             assert!(!seen.accepts[0].is_closed());
         }
-        stop(rt, &[&client, &server]);
+        p.finish();
     }
 }
 

@@ -19,6 +19,25 @@ pub type BufResult<T, B> = (io::Result<T>, B);
 /// Most file descriptors accepted in one `recv_with_fds`.
 pub const MAX_FDS: usize = 16;
 
+/// The iovecs of `bufs`' initialised bytes, skipping the first `skip` bytes.
+fn iovecs<B: IoBuf>(bufs: &[B], mut skip: usize) -> Vec<libc::iovec> {
+    let mut iov = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        let len = b.bytes_init();
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        iov.push(libc::iovec {
+            // SAFETY: skip < len, so the pointer is inside the initialised bytes.
+            iov_base: unsafe { b.stable_ptr().add(skip) } as *mut libc::c_void,
+            iov_len: len - skip,
+        });
+        skip = 0;
+    }
+    iov
+}
+
 pub(crate) struct Socket {
     pub(crate) fd: OwnedFd,
 }
@@ -109,7 +128,7 @@ impl Socket {
     pub(crate) async fn sendmsg<B: IoBuf>(
         &self,
         bufs: Vec<B>,
-        mut skip: usize,
+        skip: usize,
         fds: &[RawFd],
     ) -> BufResult<usize, Vec<B>> {
         if fds.len() > MAX_FDS {
@@ -121,21 +140,7 @@ impl Socket {
                 bufs,
             );
         }
-        let mut iov = Vec::with_capacity(bufs.len());
-        for b in &bufs {
-            let len = b.bytes_init();
-            if skip >= len {
-                skip -= len;
-                continue;
-            }
-            iov.push(libc::iovec {
-                // SAFETY: skip < len, so the pointer is inside the initialised bytes.
-                iov_base: unsafe { b.stable_ptr().add(skip) } as *mut libc::c_void,
-                iov_len: len - skip,
-            });
-            skip = 0;
-        }
-        let iov = iov.into_boxed_slice();
+        let iov = iovecs(&bufs, skip).into_boxed_slice();
         let space = if fds.is_empty() {
             0
         } else {
@@ -184,24 +189,9 @@ impl Socket {
 
     /// One `sendmsg(MSG_DONTWAIT)` of `bufs` from byte `skip`, made now by this thread, not
     /// through the ring. Returns bytes sent; `WouldBlock` when the socket buffer is full.
-    fn sendmsg_now<B: IoBuf>(&self, bufs: &[B], mut skip: usize) -> io::Result<usize> {
-        let mut iov = Vec::with_capacity(bufs.len().min(libc::UIO_MAXIOV as usize));
-        for b in bufs {
-            let len = b.bytes_init();
-            if skip >= len {
-                skip -= len;
-                continue;
-            }
-            if iov.len() == libc::UIO_MAXIOV as usize {
-                break;
-            }
-            iov.push(libc::iovec {
-                // SAFETY: skip < len, so the pointer is inside the initialised bytes.
-                iov_base: unsafe { b.stable_ptr().add(skip) } as *mut libc::c_void,
-                iov_len: len - skip,
-            });
-            skip = 0;
-        }
+    fn sendmsg_now<B: IoBuf>(&self, bufs: &[B], skip: usize) -> io::Result<usize> {
+        let mut iov = iovecs(bufs, skip);
+        iov.truncate(libc::UIO_MAXIOV as usize);
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_mut_ptr();
