@@ -184,7 +184,12 @@ pub(crate) async fn conn_main(cs: &Rc<CoreState>, conn: &Rc<Conn>) -> Result<()>
 /// Take over a transport the accept path handed over: answer the client and go live.
 async fn serve_attach(m: &Shared, conn: &Conn, a: Attach) -> Result<Live> {
     match a {
-        Attach::NewSession { ep, rd, acc } => {
+        Attach::NewSession {
+            ep,
+            rd,
+            acc,
+            continued,
+        } => {
             let ClientHello::Ident(ident) = &acc.hello else {
                 return Err(MessengerError::state(
                     "accept",
@@ -209,7 +214,9 @@ async fn serve_attach(m: &Shared, conn: &Conn, a: Attach) -> Result<Live> {
             }
             conn.set_info(info);
             conn.established.set(true);
-            bump(&m.counters.sessions_opened);
+            if !continued {
+                bump(&m.counters.sessions_opened);
+            }
             conn.chain.accept(&conn.cref);
             Ok(Live { ep, rd })
         }
@@ -486,18 +493,30 @@ async fn on_owning_core(
                         }
                         let c = cs.new_conn(key, ConnKind::Incoming, Role::Server);
                         c.set_policy(acc.policy);
-                        c.attach(Attach::NewSession { ep, rd, acc });
+                        let continued = false;
+                        c.attach(Attach::NewSession {
+                            ep,
+                            rd,
+                            acc,
+                            continued,
+                        });
                         return;
                     }
-                    IdentDecision::Adopt { discard } => {
+                    IdentDecision::Adopt { .. } | IdentDecision::Continue => {
                         let c = existing.expect("adopt needs a connection");
-                        if discard {
+                        if d == (IdentDecision::Adopt { discard: true }) {
                             c.remote_reset();
                             bump(&m.counters.remote_resets);
                         }
                         c.role.set(Role::Server);
                         c.established.set(false);
-                        c.attach(Attach::NewSession { ep, rd, acc });
+                        let continued = d == IdentDecision::Continue;
+                        c.attach(Attach::NewSession {
+                            ep,
+                            rd,
+                            acc,
+                            continued,
+                        });
                         return;
                     }
                     IdentDecision::RetryGlobal(global_seq) => {

@@ -183,7 +183,8 @@ pub(crate) struct SessionCounters {
 /// A snapshot of a messenger's session counters ([`Messenger::counters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessengerCounters {
-    /// New sessions established (CLIENT_IDENT / SERVER_IDENT), either side.
+    /// New sessions established (CLIENT_IDENT / SERVER_IDENT), either side. A SERVER_IDENT
+    /// sent again to a client that never got the first is the same session, not counted.
     pub sessions_opened: u64,
     /// Lossless sessions resumed after a fault (SESSION_RECONNECT_OK), either side.
     pub sessions_resumed: u64,

@@ -20,6 +20,10 @@ use crate::error::MessengerError;
 use crate::message::Message;
 use crate::wire::{Ack, ControlFrame, Keepalive2, Keepalive2Ack, MessageFrame, UTime};
 
+/// At most this many buffers in one batch ([`OutQueue::next_batch`]): what one `sendmsg`
+/// takes (`UIO_MAXIOV`), about 200 messages.
+pub const MAX_BATCH_BUFS: usize = 1024;
+
 /// Per-connection limits on what a sender may hold for its peer: messages queued, written
 /// and not yet acked, or waiting for replay (see [`crate::backpressure`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,8 +281,11 @@ impl OutQueue {
     }
 
     /// The next frames to write (empty when there is nothing to do): keepalive frames first,
-    /// then messages by priority up to about `max_bytes`, then an ACK if no message carried
-    /// the current `in_seq`.
+    /// then messages by priority (a replay first) up to about `max_bytes` of frames on the
+    /// wire and [`MAX_BATCH_BUFS`] buffers, then an ACK if no message carried the current
+    /// `in_seq`. Both bounds count the frames' own bytes, not only payloads: a replay of many
+    /// small messages goes out in batches the writer can start on at once, not as one
+    /// encoding of everything unacked.
     pub fn next_batch(&mut self, max_bytes: usize) -> crate::wire::WireResult<Vec<Bytes>> {
         let mut out = Vec::new();
         if let Some(ts) = self.keepalive_ack.take() {
@@ -293,20 +300,21 @@ impl OutQueue {
             );
         }
         let mut bytes = 0;
-        while bytes < max_bytes {
+        while bytes < max_bytes && out.len() < MAX_BATCH_BUFS {
             let Some(mut m) = self.replay.pop_front().or_else(|| self.pop()) else {
                 break;
             };
             self.out_seq += 1;
             m.seq = self.out_seq;
-            bytes += m.payload_len();
             let frame = MessageFrame {
                 header: m.header(self.in_seq),
                 front: m.front.clone(),
                 middle: m.middle.clone(),
                 data: m.data.clone(),
             };
-            out.extend(frame.to_wire()?);
+            let bufs = frame.to_wire()?;
+            bytes += bufs.iter().map(Bytes::len).sum::<usize>();
+            out.extend(bufs);
             self.in_seq_acked = self.in_seq;
             if self.keep_sent {
                 self.sent.push_back(m);
@@ -380,6 +388,48 @@ mod tests {
         q.requeue_sent();
         q.on_ack(6);
         assert_eq!((q.out_seq, q.len()), (6, 0));
+    }
+
+    #[test]
+    fn a_large_replay_goes_out_in_bounded_batches() {
+        let mut q = OutQueue::new(true);
+        const N: u64 = 5_000;
+        for i in 0..N {
+            q.push(Message::new(1).with_tid(i).with_payload(
+                Bytes::from_static(&[7; 32]),
+                Bytes::new(),
+                Bytes::new(),
+            ));
+        }
+        // Writes everything, batch by batch: (messages, batches).
+        let drain = |q: &mut OutQueue, max_bytes: usize| {
+            let (start, mut batches) = (q.out_seq, 0);
+            loop {
+                let bufs = q.next_batch(max_bytes).unwrap();
+                if bufs.is_empty() {
+                    break;
+                }
+                batches += 1;
+                assert!(bufs.len() <= MAX_BATCH_BUFS + 8, "{} buffers", bufs.len());
+                let wire: usize = bufs.iter().map(Bytes::len).sum();
+                // One message past the byte bound at most (plus a trailing ACK).
+                assert!(wire <= max_bytes.saturating_add(256), "{wire} bytes");
+            }
+            (q.out_seq - start, batches)
+        };
+        let (n, batches) = drain(&mut q, usize::MAX);
+        assert_eq!(n, N);
+        assert!(batches >= N as usize * 5 / MAX_BATCH_BUFS, "{batches}");
+        // A fault: the peer has the first 100; the other 4900 are replayed in seq order,
+        // 16 KiB of frames at most per batch.
+        q.requeue_sent();
+        q.on_ack(100);
+        let (n, batches) = drain(&mut q, 16 << 10);
+        assert_eq!(n, N - 100);
+        assert!(batches >= 30, "{batches}");
+        let seqs: Vec<u64> = q.sent.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (101..=N).collect::<Vec<_>>());
+        assert_eq!(q.sent.front().map(|m| m.tid), Some(100));
     }
 
     #[test]

@@ -291,11 +291,14 @@ impl CoreState {
 
 /// A transport with a finished server-side handshake, handed to a connection's task.
 pub(crate) enum Attach {
-    /// A new session (CLIENT_IDENT): SERVER_IDENT goes out first.
+    /// A new session (CLIENT_IDENT): SERVER_IDENT goes out first. `continued`: the session
+    /// was already opened with this client, whose SERVER_IDENT was lost
+    /// ([`crate::protocol::reconnect::IdentDecision::Continue`]): not counted again.
     NewSession {
         ep: AnyEndpoint,
         rd: FrameReader,
         acc: Accepted,
+        continued: bool,
     },
     /// The session resumes (SESSION_RECONNECT): SESSION_RECONNECT_OK goes out first; the
     /// peer has our messages up to `msg_seq`.

@@ -72,6 +72,12 @@ pub(crate) enum IdentDecision {
     /// `discard`: the peer lost the old session (it restarted): drop the queued and unacked
     /// messages and report `ms_handle_remote_reset`; otherwise they go on the new session.
     Adopt { discard: bool },
+    /// The same client sends CLIENT_IDENT again for the session we established with it: our
+    /// SERVER_IDENT never reached it (the transport failed between the two). The session's
+    /// opening goes on on the new transport (Ceph: "session establishment interrupted between
+    /// client_ident and server_ident, continuing"): SERVER_IDENT again, with what we queued
+    /// for the peer sent on it. It is not another session.
+    Continue,
     /// Our own connection to the peer wins the race: answer WAIT and close.
     Wait,
     /// A stale attempt (its global_seq is below that of the session we hold with the peer,
@@ -103,10 +109,8 @@ pub(crate) fn on_client_ident(
         (Role::Client, false) => IdentDecision::Adopt { discard: false },
         // An incoming connection whose handshake the new one supersedes.
         (Role::Server, false) => IdentDecision::Adopt { discard: false },
-        // The same client starting its session over (after SESSION_RESET without `full`).
-        (Role::Server, true) if ex.ids.client_cookie == ident.cookie => {
-            IdentDecision::Adopt { discard: false }
-        }
+        // The same client, which never got our SERVER_IDENT.
+        (Role::Server, true) if ex.ids.client_cookie == ident.cookie => IdentDecision::Continue,
         // A new session while we hold one: the peer lost it (restarted).
         (_, true) => IdentDecision::Adopt { discard: true },
     }
@@ -307,7 +311,7 @@ mod tests {
         };
         assert_eq!(
             on_client_ident(Some(&ex), &ident(11), false, true),
-            IdentDecision::Adopt { discard: false }
+            IdentDecision::Continue
         );
         assert_eq!(
             on_client_ident(Some(&ex), &ident(99), false, true),

@@ -51,7 +51,12 @@ fn lossless_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
     let (server, addr, srec) = osd(&rt, h, 0, true, |b| b.inject_socket_failures(every));
     let (client, _, crec) = osd(&rt, h, 1, false, |b| b.inject_socket_failures(every));
     let peer = PeerAddr::new(addr.unwrap(), server.nonce());
-    let conn = rt.block_on(client.connect(peer)).unwrap();
+    // Typed, as an OSD connects to another (Ceph's `connect_to`): the lossless policy holds
+    // from the first attempt, so a fault injected before the peer's HELLO is retried. An
+    // untyped connection runs the default (lossy) policy until the HELLO and is reset there.
+    let conn = rt
+        .block_on(client.connect_to(EntityType::Osd, peer))
+        .unwrap();
     for i in 0..count {
         send_or_wait(&rt, &conn, numbered(i, i % 97));
         if i % 4096 == 4095 {
@@ -89,7 +94,11 @@ fn lossless_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
     );
     // A resume can be lost in flight (the fault hits RECONNECT_OK): the server counts more.
     assert!(cc.sessions_resumed > 0 && sc.sessions_resumed >= cc.sessions_resumed);
-    assert_eq!((sc.sessions_opened, cc.sessions_opened), (1, 1));
+    assert_eq!(
+        (sc.sessions_opened, cc.sessions_opened),
+        (1, 1),
+        "{sc:?} {cc:?}"
+    );
     assert_eq!(sc.remote_resets + cc.remote_resets, 0);
     eprintln!(
         "{count} messages: {injected} faults injected, {} resumes",
@@ -100,6 +109,13 @@ fn lossless_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
 
 pub fn lossless_session_survives_injected_faults<H: Harness>(h: H) {
     lossless_under_faults(&h, 20_000, 200);
+}
+
+/// Faults dense enough (about one socket operation in sixteen) that every step of the
+/// handshake is broken now and then: the first connect, CLIENT_IDENT/SERVER_IDENT,
+/// SESSION_RECONNECT/RECONNECT_OK. The session is still opened once and nothing is lost.
+pub fn dense_faults_hit_every_handshake_step<H: Harness>(h: H) {
+    lossless_under_faults(&h, 3_000, 16);
 }
 
 /// The soak: 1M messages, a failure about every 1000 operations.
@@ -382,28 +398,39 @@ pub fn several_messengers_share_one_runtime<H: Harness>(h: H) {
 /// reconnects itself because it has something to send (Ceph's ProtocolV2), so the two sides'
 /// SESSION_RECONNECTs cross and the reconnect race is resolved on every fault.
 pub fn server_side_stream_survives_faults<H: Harness>(h: H) {
-    const COUNT: usize = 20_000;
+    server_side_stream_under_faults(&h, 20_000, 200);
+}
+
+/// As [`server_side_stream_survives_faults`] with a fault about every 16 operations: most
+/// sessions end after a few frames with most of the stream unacked, so every reconnect
+/// replays thousands of messages (in bounded batches: a session starts delivering at once).
+pub fn dense_faults_server_side_stream<H: Harness>(h: H) {
+    server_side_stream_under_faults(&h, 2_000, 16);
+}
+
+fn server_side_stream_under_faults<H: Harness>(h: &H, count: usize, every: u32) {
     let rt = runtime();
-    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| b.inject_socket_failures(200));
+    let (server, addr, srec) = osd(&rt, h, 0, true, |b| b.inject_socket_failures(every));
     // Bound, so the server can connect back to it.
-    let (client, _, crec) = osd(&rt, &h, 1, true, |b| b.inject_socket_failures(200));
+    let (client, _, crec) = osd(&rt, h, 1, true, |b| b.inject_socket_failures(every));
     let peer = PeerAddr::new(addr.unwrap(), server.nonce());
+    // Typed (see lossless_under_faults): a fault before the server's HELLO is retried.
     client
-        .send_message(Message::new(2).with_tid(0), &peer)
+        .send_message_to(Message::new(2).with_tid(0), EntityType::Osd, &peer)
         .unwrap();
     srec.wait_for("the client's hello", |s| s.msgs.len() == 1);
     let to_client = srec.seen.lock().unwrap().msgs[0].0.clone();
-    for i in 0..COUNT {
+    for i in 0..count {
         send_or_wait(&rt, &to_client, numbered(i, 32));
     }
     crec.wait_for("every message from the server", |s| {
-        s.count == COUNT || !s.errors.is_empty()
+        s.count == count || !s.errors.is_empty()
     });
     let (sc, cc) = (server.counters(), client.counters());
     {
         let seen = crec.seen.lock().unwrap();
         assert!(seen.errors.is_empty(), "{:?}", seen.errors);
-        assert_eq!(seen.count, COUNT);
+        assert_eq!(seen.count, count);
         // The session itself is never reset. The server's reconnect attempts that an injected
         // fault breaks mid-handshake are incoming connections the client reports closed (as
         // Ceph's accepting side does) before they join the session.
@@ -421,6 +448,11 @@ pub fn server_side_stream_survives_faults<H: Harness>(h: H) {
         "no fault injected"
     );
     assert_eq!(sc.remote_resets + cc.remote_resets, 0);
+    assert_eq!(
+        (sc.sessions_opened, cc.sessions_opened),
+        (1, 1),
+        "{sc:?} {cc:?}"
+    );
     if h.peers_identified_by_address() {
         assert!(
             sc.standby_reconnects > 0,
