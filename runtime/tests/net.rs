@@ -190,3 +190,77 @@ fn connect_refused_is_an_error_not_a_hang() {
     assert_eq!(r.unwrap(), Some(std::io::ErrorKind::ConnectionRefused));
     rt.shutdown().unwrap();
 }
+
+/// A peer that resets the connection (SO_LINGER 0, then close): the next vectored send fails
+/// at its first, direct `sendmsg` with ECONNRESET or EPIPE (no SIGPIPE: MSG_NOSIGNAL), and
+/// keeps failing; a peer that closes normally (FIN) makes a later send fail the same way
+/// once its kernel has answered our data with RST. An error each time, never a hang.
+#[test]
+fn send_to_a_reset_or_closed_peer_is_an_error() {
+    let rt = common::rt();
+    for reset in [true, false] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            if reset {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: `s` is an open socket; `linger` is a valid option value of the
+                // size given, read during the call only.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+            }
+            drop(s);
+            accepted_tx.send(()).unwrap();
+        });
+        let kinds = rt.block_on(rt.spawn_on(0, move || async move {
+            let s = TcpStream::connect(addr).await.unwrap();
+            accepted_rx.recv().unwrap();
+            // Let the RST or FIN arrive.
+            timer::sleep(Duration::from_millis(50)).await;
+            let mut kinds = Vec::new();
+            for _ in 0..20 {
+                let (r, _) = s.writev_all(vec![vec![1u8; 100], vec![2u8; 4000]]).await;
+                if let Err(e) = r {
+                    kinds.push(e.kind());
+                    if kinds.len() == 2 {
+                        break;
+                    }
+                }
+                timer::sleep(Duration::from_millis(5)).await;
+            }
+            kinds
+        }));
+        peer.join().unwrap();
+        let kinds = kinds.unwrap();
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        assert_eq!(
+            kinds.len(),
+            2,
+            "reset={reset}: sends kept succeeding: {kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .all(|k| matches!(k, BrokenPipe | ConnectionReset)),
+            "reset={reset}: {kinds:?}"
+        );
+        if reset {
+            // The RST was there before the first send: its direct sendmsg already failed.
+            assert_eq!(kinds[0], ConnectionReset, "{kinds:?}");
+        }
+    }
+    rt.shutdown().unwrap();
+}
