@@ -201,9 +201,13 @@ fn send_to_a_reset_or_closed_peer_is_an_error() {
     for reset in [true, false] {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<()>();
+        let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
         let peer = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
+            // Not before our side saw its connect complete (a reset racing the connect would
+            // fail the connect instead).
+            connected_rx.recv().unwrap();
             if reset {
                 let linger = libc::linger {
                     l_onoff: 1,
@@ -223,11 +227,12 @@ fn send_to_a_reset_or_closed_peer_is_an_error() {
                 assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
             }
             drop(s);
-            accepted_tx.send(()).unwrap();
+            closed_tx.send(()).unwrap();
         });
         let kinds = rt.block_on(rt.spawn_on(0, move || async move {
             let s = TcpStream::connect(addr).await.unwrap();
-            accepted_rx.recv().unwrap();
+            connected_tx.send(()).unwrap();
+            closed_rx.recv().unwrap();
             // Let the RST or FIN arrive.
             timer::sleep(Duration::from_millis(50)).await;
             let mut kinds = Vec::new();

@@ -539,93 +539,21 @@ impl Conn {
             let mut blocked = false;
             let mut unpublished = false;
             let mut res = Ok(());
-            while let Some(front) = batch.front() {
-                if budget == 0 {
-                    break;
-                }
-                if front.len() <= inline_max {
-                    let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
-                    let (mut n, mut total) = (0, 0);
-                    for b in batch.iter().take(MAX_PARTS) {
-                        if b.len() > inline_max || total + b.len() > inline_max {
-                            break;
-                        }
-                        parts[n] = b;
-                        total += b.len();
-                        n += 1;
+            while budget > 0 && !batch.is_empty() {
+                match push_front(m, &mut batch, inline_max, chunk) {
+                    Ok(Pushed::Blocked) => {
+                        blocked = true;
+                        break;
                     }
-                    match m.tx.try_push_deferred(KIND_DATA, &parts[..n]) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => {
-                            res = Err(e.to_string());
-                            break;
-                        }
+                    Ok(Pushed::Sent { bytes, published }) => {
+                        budget = budget.saturating_sub(bytes);
+                        unpublished = !published;
+                        progress = true;
                     }
-                    batch.drain(..n);
-                    budget = budget.saturating_sub(total);
-                    unpublished = true;
-                    progress = true;
-                } else if let Some(pos) = m.out.adopt(front.as_ptr(), front.len()) {
-                    // Written by the user straight into our area (`Endpoint::alloc`): send the
-                    // reference, no copy.
-                    let desc = encode_desc(pos, front.len() as u64);
-                    match m.tx.try_push_deferred(KIND_DESC, &[&desc]) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            m.out.unreserve();
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => {
-                            res = Err(e.to_string());
-                            break;
-                        }
+                    Err(e) => {
+                        res = Err(e);
+                        break;
                     }
-                    unpublished = true;
-                    budget = budget.saturating_sub(front.len());
-                    batch.pop_front();
-                    progress = true;
-                } else {
-                    let (pos, n) = match m.out.reserve(front.len().min(chunk)) {
-                        Ok(Some(r)) => r,
-                        Ok(None) => {
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => {
-                            res = Err(e.to_string());
-                            break;
-                        }
-                    };
-                    let desc = encode_desc(pos, n as u64);
-                    match m.tx.try_push_deferred(KIND_DESC, &[&desc]) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            m.out.unreserve();
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => {
-                            res = Err(e.to_string());
-                            break;
-                        }
-                    }
-                    m.out.write(pos, &front[..n]);
-                    // Publish each chunk at once: the receiver copies it out meanwhile.
-                    m.tx.publish();
-                    unpublished = false;
-                    if let Some(f) = batch.front_mut() {
-                        f.advance(n);
-                        if f.is_empty() {
-                            batch.pop_front();
-                        }
-                    }
-                    budget = budget.saturating_sub(n);
-                    progress = true;
                 }
             }
             if unpublished {
@@ -857,4 +785,90 @@ impl Conn {
             dead: self.dead.borrow().clone(),
         }
     }
+}
+
+/// What [`push_front`] did with the front of a send batch.
+enum Pushed {
+    /// The ring or the area is full: nothing was taken.
+    Blocked,
+    /// `bytes` of the batch went out; `published`: the ring's tail is published (a copied
+    /// chunk is published at once, inline and adopted entries wait for the batch's end).
+    Sent { bytes: usize, published: bool },
+}
+
+/// Push the front of `batch` to the ring, the cheapest way its size allows: small buffers
+/// (several at once) inline in the ring entry; a buffer the user wrote straight into our area
+/// by reference; anything else copied into the area, one chunk of at most `chunk` bytes.
+/// Consumes what went out from `batch`.
+fn push_front(
+    m: &mut Mapped,
+    batch: &mut VecDeque<Bytes>,
+    inline_max: usize,
+    chunk: usize,
+) -> Result<Pushed, String> {
+    let push = |m: &mut Mapped, kind, parts: &[&[u8]]| {
+        m.tx.try_push_deferred(kind, parts)
+            .map_err(|e| e.to_string())
+    };
+    let Some(front) = batch.front() else {
+        return Ok(Pushed::Blocked);
+    };
+    if front.len() <= inline_max {
+        let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+        let (mut n, mut total) = (0, 0);
+        for b in batch.iter().take(MAX_PARTS) {
+            if b.len() > inline_max || total + b.len() > inline_max {
+                break;
+            }
+            parts[n] = b;
+            total += b.len();
+            n += 1;
+        }
+        if !push(m, KIND_DATA, &parts[..n])? {
+            return Ok(Pushed::Blocked);
+        }
+        batch.drain(..n);
+        return Ok(Pushed::Sent {
+            bytes: total,
+            published: false,
+        });
+    }
+    if let Some(pos) = m.out.adopt(front.as_ptr(), front.len()) {
+        // Written by the user straight into our area (`Endpoint::alloc`): send the
+        // reference, no copy.
+        let len = front.len();
+        if !push(m, KIND_DESC, &[&encode_desc(pos, len as u64)])? {
+            m.out.unreserve();
+            return Ok(Pushed::Blocked);
+        }
+        batch.pop_front();
+        return Ok(Pushed::Sent {
+            bytes: len,
+            published: false,
+        });
+    }
+    let Some((pos, n)) = m
+        .out
+        .reserve(front.len().min(chunk))
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Pushed::Blocked);
+    };
+    if !push(m, KIND_DESC, &[&encode_desc(pos, n as u64)])? {
+        m.out.unreserve();
+        return Ok(Pushed::Blocked);
+    }
+    m.out.write(pos, &front[..n]);
+    // Publish each chunk at once: the receiver copies it out meanwhile.
+    m.tx.publish();
+    if let Some(f) = batch.front_mut() {
+        f.advance(n);
+        if f.is_empty() {
+            batch.pop_front();
+        }
+    }
+    Ok(Pushed::Sent {
+        bytes: n,
+        published: true,
+    })
 }
