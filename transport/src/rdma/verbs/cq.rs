@@ -366,25 +366,22 @@ impl CompletionQueue {
     /// `false` when no event was pending. The CQ is disarmed afterwards: call
     /// [`req_notify`](Self::req_notify) before polling again.
     pub fn get_event_and_ack(&self) -> Result<bool> {
-        let mut ev_cq: *mut ibv_cq = ptr::null_mut();
-        let mut ev_ctx: *mut libc::c_void = ptr::null_mut();
-        // SAFETY: `channel` is live and non-blocking; the out-pointers are valid locals.
-        let rc = unsafe { ibv_get_cq_event(self.channel, &mut ev_cq, &mut ev_ctx) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(false);
+        // SAFETY: `channel` is live and non-blocking (set in `new`).
+        let ev_cq = match unsafe { next_cq_event(self.channel) } {
+            Ok(Some(cq)) => cq,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                return Err(verbs_err(
+                    "ibv_get_cq_event",
+                    e,
+                    format!(
+                        "device {} channel fd {}",
+                        self.ctx.name(),
+                        self.channel_fd()
+                    ),
+                ))
             }
-            return Err(verbs_err(
-                "ibv_get_cq_event",
-                e,
-                format!(
-                    "device {} channel fd {}",
-                    self.ctx.name(),
-                    self.channel_fd()
-                ),
-            ));
-        }
+        };
         // The channel belongs to this CQ alone.
         debug_assert_eq!(ev_cq, self.cq);
         let n = self.unacked.get() + 1;
@@ -447,4 +444,27 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// One event from a non-blocking completion channel (`ibv_get_cq_event`): the CQ it is for,
+/// or `None` when there is none. The caller acknowledges it (`ibv_ack_cq_events`).
+///
+/// # Safety
+/// `channel` is a live completion channel whose fd is non-blocking.
+pub(super) unsafe fn next_cq_event(
+    channel: *mut ibv_comp_channel,
+) -> io::Result<Option<*mut ibv_cq>> {
+    let mut ev_cq: *mut ibv_cq = ptr::null_mut();
+    let mut ev_ctx: *mut libc::c_void = ptr::null_mut();
+    // SAFETY: `channel` is live (the caller's contract); the out-pointers are valid locals.
+    let rc = unsafe { ibv_get_cq_event(channel, &mut ev_cq, &mut ev_ctx) };
+    if rc == 0 {
+        return Ok(Some(ev_cq));
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }

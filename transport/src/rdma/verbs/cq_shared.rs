@@ -6,15 +6,13 @@
 //! thread polling every core's CQ, as Ceph's `RDMADispatcher` does); the default mode polls
 //! each CQ on its own core and never creates a handle.
 
-use std::io;
 use std::os::fd::RawFd;
-use std::ptr;
 
 use rdma_sys::{
-    ibv_ack_cq_events, ibv_comp_channel, ibv_cq, ibv_get_cq_event, ibv_poll_cq, ibv_req_notify_cq,
-    ibv_wc,
+    ibv_ack_cq_events, ibv_comp_channel, ibv_cq, ibv_poll_cq, ibv_req_notify_cq, ibv_wc,
 };
 
+use super::cq::next_cq_event;
 use super::{rc_err, verbs_err, CompletionQueue, WorkCompletion};
 use crate::error::Result;
 
@@ -87,22 +85,18 @@ impl SharedCq {
     pub fn take_events(&self) -> Result<u32> {
         let mut n = 0;
         loop {
-            let mut ev_cq: *mut ibv_cq = ptr::null_mut();
-            let mut ev_ctx: *mut libc::c_void = ptr::null_mut();
-            // SAFETY: the channel is live and non-blocking (set in `CompletionQueue::new`);
-            // the out-pointers are valid locals.
-            let rc = unsafe { ibv_get_cq_event(self.channel, &mut ev_cq, &mut ev_ctx) };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(n);
+            // SAFETY: the channel is live and non-blocking (set in `CompletionQueue::new`).
+            let ev_cq = match unsafe { next_cq_event(self.channel) } {
+                Ok(Some(cq)) => cq,
+                Ok(None) => return Ok(n),
+                Err(e) => {
+                    return Err(verbs_err(
+                        "ibv_get_cq_event",
+                        e,
+                        format!("device {} (dispatcher)", self.dev),
+                    ))
                 }
-                return Err(verbs_err(
-                    "ibv_get_cq_event",
-                    e,
-                    format!("device {} (dispatcher)", self.dev),
-                ));
-            }
+            };
             // SAFETY: the channel serves this CQ alone, so the event is for `ev_cq == cq`,
             // which is live; one event was received and is acknowledged once.
             unsafe { ibv_ack_cq_events(ev_cq, 1) };
