@@ -493,12 +493,11 @@ async fn on_owning_core(
                         }
                         let c = cs.new_conn(key, ConnKind::Incoming, Role::Server);
                         c.set_policy(acc.policy);
-                        let continued = false;
                         c.attach(Attach::NewSession {
                             ep,
                             rd,
                             acc,
-                            continued,
+                            continued: false,
                         });
                         return;
                     }
@@ -510,12 +509,11 @@ async fn on_owning_core(
                         }
                         c.role.set(Role::Server);
                         c.established.set(false);
-                        let continued = d == IdentDecision::Continue;
                         c.attach(Attach::NewSession {
                             ep,
                             rd,
                             acc,
-                            continued,
+                            continued: d == IdentDecision::Continue,
                         });
                         return;
                     }

@@ -44,8 +44,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use corewire_transport::rdma::verbs::{Context, DeviceCaps, QpConfig, QpEndpoint};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use corewire_transport::rdma::verbs::{Context, DeviceCaps, QpConfig};
+use crossbeam_channel::bounded;
 
 use crate::runtime_bench::bench_cpus;
 use crate::thread_cpu;
@@ -54,7 +54,7 @@ mod report;
 mod sides;
 
 pub use report::{json, render};
-use sides::{receiver, sender};
+use sides::{receiver, sender, Link};
 
 /// Completions per `ibv_poll_cq` call.
 pub const POLL_BATCH: usize = 64;
@@ -350,13 +350,7 @@ fn verr(e: corewire_transport::TransportError) -> io::Error {
 }
 
 /// A thread's body: [`receiver`] or [`sender`].
-type SideFn = fn(
-    &Plan,
-    &Shared,
-    Sender<Vec<QpEndpoint>>,
-    Receiver<Vec<QpEndpoint>>,
-    Sender<()>,
-) -> io::Result<SideStats>;
+type SideFn = fn(&Plan, &Shared, Link) -> io::Result<SideStats>;
 
 /// One design at one QP count.
 #[derive(Debug, Clone)]
@@ -405,10 +399,15 @@ pub fn run_one(
     let (r_tx, r_rx) = bounded(1);
     let (s_tx, s_rx) = bounded(1);
     let (ready_tx, ready_rx) = bounded(2);
-    let spawn = |name: &str, side: SideFn, tx, rx, ready| {
+    let spawn = |name: &str, side: SideFn, to_peer, from_peer, ready| {
         let (plan, sh) = (plan.clone(), sh.clone());
+        let link = Link {
+            to_peer,
+            from_peer,
+            ready,
+        };
         thread::Builder::new().name(name.into()).spawn(move || {
-            let r = side(&plan, &sh, tx, rx, ready);
+            let r = side(&plan, &sh, link);
             if r.is_err() {
                 sh.abort.store(true, Ordering::Release);
             }

@@ -97,15 +97,33 @@ fn open_side(
     Ok((pd, cq))
 }
 
-/// Connects each QP to its peer's endpoint, in order; the two sides must have as many.
-fn connect_all(qps: &[QueuePair], peer: &[QpEndpoint]) -> io::Result<()> {
-    if peer.len() != qps.len() {
-        return Err(io::Error::other("srq-bench: endpoint count mismatch"));
+/// One side's channels to the other side and to the coordinator.
+pub(super) struct Link {
+    pub(super) to_peer: Sender<Vec<QpEndpoint>>,
+    pub(super) from_peer: Receiver<Vec<QpEndpoint>>,
+    pub(super) ready: Sender<()>,
+}
+
+impl Link {
+    /// Trades QP endpoints with the peer (each channel holds one message, so neither side
+    /// waits for the other to read first), connects each QP to its peer's endpoint in order
+    /// (the two sides must have as many), then tells the coordinator this side is ready.
+    /// The receiver's buffers are posted before it calls this, so before the sender is ready.
+    fn connect(&self, qps: &[QueuePair], sh: &Shared) -> io::Result<()> {
+        self.to_peer
+            .send(qps.iter().map(|q| q.endpoint()).collect())
+            .map_err(|_| io::Error::other(PEER_FAILED))?;
+        let peer = recv_endpoints(&self.from_peer, sh)?;
+        if peer.len() != qps.len() {
+            return Err(io::Error::other("srq-bench: endpoint count mismatch"));
+        }
+        for (qp, ep) in qps.iter().zip(&peer) {
+            qp.connect(ep).map_err(verr)?;
+        }
+        self.ready
+            .send(())
+            .map_err(|_| io::Error::other(PEER_FAILED))
     }
-    for (qp, ep) in qps.iter().zip(peer) {
-        qp.connect(ep).map_err(verr)?;
-    }
-    Ok(())
 }
 
 /// The receiver's verbs objects. Fields drop in order: the QPs (flushing their receives),
@@ -117,13 +135,7 @@ struct RecvSide {
     cq: Rc<CompletionQueue>,
 }
 
-pub(super) fn receiver(
-    plan: &Plan,
-    sh: &Shared,
-    to_peer: Sender<Vec<QpEndpoint>>,
-    from_peer: Receiver<Vec<QpEndpoint>>,
-    ready: Sender<()>,
-) -> io::Result<SideStats> {
+pub(super) fn receiver(plan: &Plan, sh: &Shared, link: Link) -> io::Result<SideStats> {
     let (msg, w) = (plan.msg_size, plan.window as usize);
     let (pd, cq) = open_side(plan, plan.cpus.1, plan.recv_cqe)?;
     let nbufs = plan.recv_bufs as usize;
@@ -155,11 +167,7 @@ pub(super) fn receiver(
         chain.extend((start..(start + step).min(nbufs)).map(wr));
         post_recvs(&side, &chain, start / w)?;
     }
-    to_peer
-        .send(side.qps.iter().map(|q| q.endpoint()).collect())
-        .map_err(|_| io::Error::other(PEER_FAILED))?;
-    connect_all(&side.qps, &recv_endpoints(&from_peer, sh)?)?;
-    ready.send(()).map_err(|_| io::Error::other(PEER_FAILED))?;
+    link.connect(&side.qps, sh)?;
     sh.wait_start()?;
 
     let mut wcs = vec![WorkCompletion::default(); POLL_BATCH];
@@ -260,13 +268,7 @@ struct SendSide {
     cq: Rc<CompletionQueue>,
 }
 
-pub(super) fn sender(
-    plan: &Plan,
-    sh: &Shared,
-    to_peer: Sender<Vec<QpEndpoint>>,
-    from_peer: Receiver<Vec<QpEndpoint>>,
-    ready: Sender<()>,
-) -> io::Result<SideStats> {
+pub(super) fn sender(plan: &Plan, sh: &Shared, link: Link) -> io::Result<SideStats> {
     let (pd, cq) = open_side(plan, plan.cpus.0, plan.send_cqe)?;
     let mr = MemoryRegion::new(&pd, plan.msg_size, Access::NONE).map_err(verr)?;
     let mut side = SendSide {
@@ -279,11 +281,7 @@ pub(super) fn sender(
         let qp = QueuePair::new(&pd, &side.cq, &side.cq, None, qcfg.clone());
         side.qps.push(qp.map_err(verr)?);
     }
-    connect_all(&side.qps, &recv_endpoints(&from_peer, sh)?)?;
-    to_peer
-        .send(side.qps.iter().map(|q| q.endpoint()).collect())
-        .map_err(|_| io::Error::other(PEER_FAILED))?;
-    ready.send(()).map_err(|_| io::Error::other(PEER_FAILED))?;
+    link.connect(&side.qps, sh)?;
     sh.wait_start()?;
 
     let n = side.qps.len();

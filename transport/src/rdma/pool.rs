@@ -6,7 +6,8 @@
 //! - the **send pool**: fixed chunks in four power-of-four size classes
 //!   ([`TX_CHUNK_BYTES`]; by default 64 KiB × 32, 256 KiB × 16, 1 MiB × 8 and 4 MiB × 8,
 //!   46 MiB: [`RdmaPoolConfig`]), registered for local access only. [`Pool::alloc`] (behind
-//!   `Endpoint::alloc`) hands out a chunk of the smallest class that fits as a [`TxBuf`]; a request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
+//!   `Endpoint::alloc`) hands out a chunk of the smallest class that fits as a [`TxBuf`]; a
+//!   request below [`ZC_MIN`] (it would go by SEND, copied, anyway),
 //!   above 4 MiB, or whose class has no free chunk gets a heap buffer instead (no search of
 //!   larger classes: a small request never takes a 4 MiB chunk);
 //! - the **receive region** ([`RdmaPoolConfig::rx_slabs`] slabs of [`SLAB`] bytes, 32 by

@@ -789,7 +789,7 @@ impl Conn {
 
 /// What [`push_front`] did with the front of a send batch.
 enum Pushed {
-    /// The ring or the area is full: nothing was taken.
+    /// The ring or the area is full (or the batch empty): nothing was taken.
     Blocked,
     /// `bytes` of the batch went out; `published`: the ring's tail is published (a copied
     /// chunk is published at once, inline and adopted entries wait for the batch's end).
@@ -810,6 +810,7 @@ fn push_front(
         m.tx.try_push_deferred(kind, parts)
             .map_err(|e| e.to_string())
     };
+    // The caller passes a non-empty batch; an empty one has nothing to take.
     let Some(front) = batch.front() else {
         return Ok(Pushed::Blocked);
     };

@@ -367,20 +367,17 @@ impl CompletionQueue {
     /// [`req_notify`](Self::req_notify) before polling again.
     pub fn get_event_and_ack(&self) -> Result<bool> {
         // SAFETY: `channel` is live and non-blocking (set in `new`).
-        let ev_cq = match unsafe { next_cq_event(self.channel) } {
-            Ok(Some(cq)) => cq,
-            Ok(None) => return Ok(false),
-            Err(e) => {
-                return Err(verbs_err(
-                    "ibv_get_cq_event",
-                    e,
-                    format!(
-                        "device {} channel fd {}",
-                        self.ctx.name(),
-                        self.channel_fd()
-                    ),
-                ))
-            }
+        let next = unsafe {
+            next_cq_event(self.channel, || {
+                format!(
+                    "device {} channel fd {}",
+                    self.ctx.name(),
+                    self.channel_fd()
+                )
+            })
+        };
+        let Some(ev_cq) = next? else {
+            return Ok(false);
         };
         // The channel belongs to this CQ alone.
         debug_assert_eq!(ev_cq, self.cq);
@@ -447,13 +444,15 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// One event from a non-blocking completion channel (`ibv_get_cq_event`): the CQ it is for,
-/// or `None` when there is none. The caller acknowledges it (`ibv_ack_cq_events`).
+/// or `None` when there is none. The caller acknowledges it (`ibv_ack_cq_events`). A failure
+/// names the call and `context()`.
 ///
 /// # Safety
 /// `channel` is a live completion channel whose fd is non-blocking.
 pub(super) unsafe fn next_cq_event(
     channel: *mut ibv_comp_channel,
-) -> io::Result<Option<*mut ibv_cq>> {
+    context: impl FnOnce() -> String,
+) -> Result<Option<*mut ibv_cq>> {
     let mut ev_cq: *mut ibv_cq = ptr::null_mut();
     let mut ev_ctx: *mut libc::c_void = ptr::null_mut();
     // SAFETY: `channel` is live (the caller's contract); the out-pointers are valid locals.
@@ -465,6 +464,6 @@ pub(super) unsafe fn next_cq_event(
     if e.kind() == io::ErrorKind::WouldBlock {
         Ok(None)
     } else {
-        Err(e)
+        Err(verbs_err("ibv_get_cq_event", e, context()))
     }
 }

@@ -86,16 +86,11 @@ impl SharedCq {
         let mut n = 0;
         loop {
             // SAFETY: the channel is live and non-blocking (set in `CompletionQueue::new`).
-            let ev_cq = match unsafe { next_cq_event(self.channel) } {
-                Ok(Some(cq)) => cq,
-                Ok(None) => return Ok(n),
-                Err(e) => {
-                    return Err(verbs_err(
-                        "ibv_get_cq_event",
-                        e,
-                        format!("device {} (dispatcher)", self.dev),
-                    ))
-                }
+            let next = unsafe {
+                next_cq_event(self.channel, || format!("device {} (dispatcher)", self.dev))
+            };
+            let Some(ev_cq) = next? else {
+                return Ok(n);
             };
             // SAFETY: the channel serves this CQ alone, so the event is for `ev_cq == cq`,
             // which is live; one event was received and is acknowledged once.
