@@ -18,11 +18,16 @@ use corewire_transport::Address;
 
 use crate::error::MessengerError;
 use crate::message::Message;
-use crate::wire::{Ack, ControlFrame, Keepalive2, Keepalive2Ack, MessageFrame, UTime};
+use crate::wire::{Ack, ControlFrame, Gather, Keepalive2, Keepalive2Ack, MessageFrame, UTime};
 
 /// At most this many buffers in one batch ([`OutQueue::next_batch`]): what one `sendmsg`
-/// takes (`UIO_MAXIOV`), about 200 messages.
+/// takes (`UIO_MAXIOV`).
 pub const MAX_BATCH_BUFS: usize = 1024;
+
+/// At most this many messages in one batch: a replay of thousands of small messages (which
+/// [`Gather`] packs into few buffers) starts going out after this many encodings, not after
+/// all of them.
+pub const MAX_BATCH_MSGS: usize = 256;
 
 /// Per-connection limits on what a sender may hold for its peer: messages queued, written
 /// and not yet acked, or waiting for replay (see [`crate::backpressure`]).
@@ -282,12 +287,13 @@ impl OutQueue {
 
     /// The next frames to write (empty when there is nothing to do): keepalive frames first,
     /// then messages by priority (a replay first) up to about `max_bytes` of frames on the
-    /// wire and [`MAX_BATCH_BUFS`] buffers, then an ACK if no message carried the current
-    /// `in_seq`. Both bounds count the frames' own bytes, not only payloads: a replay of many
-    /// small messages goes out in batches the writer can start on at once, not as one
-    /// encoding of everything unacked.
+    /// wire, [`MAX_BATCH_BUFS`] buffers and [`MAX_BATCH_MSGS`] messages, then an ACK if no
+    /// message carried the current `in_seq`. The byte bound counts the frames' own bytes, not
+    /// only payloads: a replay of many small messages goes out in batches the writer can
+    /// start on at once, not as one encoding of everything unacked. Buffers of up to a page
+    /// are copied into contiguous runs ([`Gather`]), larger payloads go by reference.
     pub fn next_batch(&mut self, max_bytes: usize) -> crate::wire::WireResult<Vec<Bytes>> {
-        let mut out = Vec::new();
+        let mut out = Gather::default();
         if let Some(ts) = self.keepalive_ack.take() {
             out.extend(Keepalive2Ack { timestamp: ts }.to_wire()?);
         }
@@ -299,11 +305,12 @@ impl OutQueue {
                 .to_wire()?,
             );
         }
-        let mut bytes = 0;
-        while bytes < max_bytes && out.len() < MAX_BATCH_BUFS {
+        let mut msgs = 0;
+        while out.len() < max_bytes && out.buf_count() < MAX_BATCH_BUFS && msgs < MAX_BATCH_MSGS {
             let Some(mut m) = self.replay.pop_front().or_else(|| self.pop()) else {
                 break;
             };
+            msgs += 1;
             self.out_seq += 1;
             m.seq = self.out_seq;
             let frame = MessageFrame {
@@ -312,9 +319,7 @@ impl OutQueue {
                 middle: m.middle.clone(),
                 data: m.data.clone(),
             };
-            let bufs = frame.to_wire()?;
-            bytes += bufs.iter().map(Bytes::len).sum::<usize>();
-            out.extend(bufs);
+            out.extend(frame.to_wire()?);
             self.in_seq_acked = self.in_seq;
             if self.keep_sent {
                 self.sent.push_back(m);
@@ -326,9 +331,10 @@ impl OutQueue {
             out.extend(Ack { seq: self.in_seq }.to_wire()?);
             self.in_seq_acked = self.in_seq;
         }
-        Ok(out)
+        Ok(out.finish())
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +425,7 @@ mod tests {
         };
         let (n, batches) = drain(&mut q, usize::MAX);
         assert_eq!(n, N);
-        assert!(batches >= N as usize * 5 / MAX_BATCH_BUFS, "{batches}");
+        assert!(batches >= N as usize / MAX_BATCH_MSGS, "{batches}");
         // A fault: the peer has the first 100; the other 4900 are replayed in seq order,
         // 16 KiB of frames at most per batch.
         q.requeue_sent();

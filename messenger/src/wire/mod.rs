@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod frames;
+pub mod gather;
 pub mod types;
 
 pub use codec::{CephTimespec, Decode, Decoder, Encode, Encoder, UTime};
@@ -24,4 +25,5 @@ pub use frames::{
     IdentMissingFeatures, Keepalive2, Keepalive2Ack, MessageFrame, MsgHeader2, ServerIdent,
     SessionReconnect, SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, Wait,
 };
+pub use gather::Gather;
 pub use types::{EntityAddr, EntityAddrType, EntityAddrVec, EntityName, EntityType};
