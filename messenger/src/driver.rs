@@ -25,6 +25,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Instant;
 
 use corewire_runtime::{debug_assert_on_core, spawn_local, timer};
 use corewire_transport::{
@@ -251,19 +252,42 @@ async fn client_attempt(cs: &CoreState, conn: &Conn) -> Result<Live> {
     let _connecting = Connecting(conn);
     let m = &cs.msgr;
     let peer = conn.cref.peer().clone();
-    let ep = cs
-        .transport()?
-        .connect(&peer.addr)
-        .await
-        .map_err(|e| MessengerError::transport(&peer.addr, e))?;
+    let deadline = Instant::now() + m.ready_timeout;
+    let connect = async {
+        cs.transport()?
+            .connect(&peer.addr)
+            .await
+            .map_err(|e| MessengerError::transport(&peer.addr, e))
+    };
+    let ep = by_deadline(m, deadline, &peer.addr, "connecting", connect).await?;
     let mut rd = FrameReader::new(m, peer.addr.clone());
-    match client_handshake(&ep, &mut rd, m, conn, &peer).await {
+    let handshake = client_handshake(&ep, &mut rd, m, conn, &peer);
+    match by_deadline(m, deadline, &peer.addr, "the client handshake", handshake).await {
         Ok(()) => Ok(Live { ep, rd }),
         Err(e) => {
             ep.abort();
             Err(e)
         }
     }
+}
+
+/// Run one step of a handshake that must be over by `deadline` (the ready timeout counted
+/// from the handshake's start): a step still running then fails with `HandshakeTimeout`.
+async fn by_deadline<T>(
+    m: &Shared,
+    deadline: Instant,
+    peer: &Address,
+    during: &'static str,
+    step: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    timer::timeout(left, step)
+        .await
+        .map_err(|_| MessengerError::HandshakeTimeout {
+            peer: peer.clone(),
+            during,
+            after: m.ready_timeout,
+        })?
 }
 
 async fn client_handshake(
@@ -418,7 +442,9 @@ async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
     let m = cs.msgr.clone();
     let peer = ep.peer_addr().clone();
     let mut rd = FrameReader::new(&m, peer.clone());
-    let acc = match handshake::server_accept(&ep, &mut rd, &m).await {
+    let deadline = Instant::now() + m.ready_timeout;
+    let accept = handshake::server_accept(&ep, &mut rd, &m);
+    let acc = match by_deadline(&m, deadline, &peer, "the server handshake", accept).await {
         Ok(acc) => acc,
         Err(e) => {
             ep.abort();
@@ -429,7 +455,7 @@ async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
     let key = incoming_key(&peer, &acc);
     let core = m.shard_of(&key);
     if core == cs.core {
-        return on_owning_core(cs, key, ep, rd, acc).await;
+        return on_owning_core(cs, key, ep, rd, acc, deadline).await;
     }
     // A client that pipelines its frames can leave our last handshake frame still queued:
     // only a quiescent endpoint moves.
@@ -451,7 +477,7 @@ async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
         .spawn_on(core, move || async move {
             let Some(cs) = core_state(&m2) else { return };
             match xfer.attach() {
-                Ok(ep) => on_owning_core(cs, key, ep, rd, acc).await,
+                Ok(ep) => on_owning_core(cs, key, ep, rd, acc, deadline).await,
                 Err(e) => {
                     let cref = cs.new_ref(key, ConnKind::Incoming);
                     report_close(&cref, &m2.chain(), MessengerError::transport(&peer, e));
@@ -470,6 +496,7 @@ async fn on_owning_core(
     ep: AnyEndpoint,
     mut rd: FrameReader,
     mut acc: Accepted,
+    deadline: Instant,
 ) {
     debug_assert_on_core(cs.core);
     let m = cs.msgr.clone();
@@ -570,7 +597,18 @@ async fn on_owning_core(
             }
         };
         let next = match reply {
-            Ok(()) => handshake::read_client_hello(&ep, &mut rd, &acc.policy).await,
+            Ok(()) => {
+                let peer = rd.peer.clone();
+                let hello = handshake::read_client_hello(&ep, &mut rd, &acc.policy);
+                by_deadline(
+                    &m,
+                    deadline,
+                    &peer,
+                    "waiting for the client's next try",
+                    hello,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         match next {

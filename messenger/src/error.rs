@@ -56,6 +56,13 @@ pub enum MessengerError {
         during: &'static str,
         after: Duration,
     },
+    /// The handshake did not finish within the ready timeout (a peer too slow or trickling).
+    #[error("{peer}: handshake not finished within {after:?} ({during})")]
+    HandshakeTimeout {
+        peer: Address,
+        during: &'static str,
+        after: Duration,
+    },
     /// A fault injected for testing (`inject_socket_failures` or an interceptor).
     #[error("injected fault on the connection to {peer}: {what}")]
     InjectedFault { peer: Address, what: String },

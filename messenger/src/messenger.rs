@@ -34,6 +34,8 @@ use crate::wire::{Banner, EntityName, EntityType, DEFAULT_MAX_SEGMENT_LEN};
 pub const DEFAULT_FEATURES: u64 = 0x3f01_cfbd_fffd_ffff;
 /// Ceph's `ms_connection_idle_timeout` default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+/// Ceph's `ms_connection_ready_timeout` default: the whole handshake must finish within it.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ceph's `ms_dispatch_throttle_bytes` (100 MiB), no message limit; per core.
 pub const DEFAULT_DISPATCH_THROTTLE: ThrottleLimits = ThrottleLimits {
@@ -74,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) features: u64,
     pub(crate) max_segment_len: u32,
     pub(crate) idle_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) my_addr: OnceLock<Address>,
     pub(crate) faults: Faults,
@@ -221,6 +224,7 @@ pub struct MessengerBuilder {
     features: u64,
     max_segment_len: u32,
     idle_timeout: Duration,
+    ready_timeout: Duration,
     keepalive_interval: Option<Duration>,
     nonce: Option<u32>,
     faults: Faults,
@@ -270,6 +274,14 @@ impl MessengerBuilder {
     /// peer stalling mid-frame or mid-handshake.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
+        self
+    }
+    /// Close a connection whose handshake (banner to SERVER_IDENT, including any RETRY or
+    /// WAIT round) has not finished this long after it started (default 10 s, Ceph's
+    /// `ms_connection_ready_timeout`). Unlike the idle timeout it is not reset by arriving
+    /// bytes, so a peer trickling its handshake a byte at a time cannot hold a connection.
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.ready_timeout = d;
         self
     }
     /// Send KEEPALIVE2 this often on established sessions (default: never).
@@ -338,6 +350,9 @@ impl MessengerBuilder {
         if self.idle_timeout.is_zero() {
             return Err(MessengerError::Config("idle timeout must be > 0".into()));
         }
+        if self.ready_timeout.is_zero() {
+            return Err(MessengerError::Config("ready timeout must be > 0".into()));
+        }
         if self.out_limits.bytes == 0 || self.out_limits.messages == 0 {
             return Err(MessengerError::Config(format!(
                 "out-queue limits must be > 0: {:?}",
@@ -362,6 +377,7 @@ impl MessengerBuilder {
             features: self.features,
             max_segment_len: self.max_segment_len,
             idle_timeout: self.idle_timeout,
+            ready_timeout: self.ready_timeout,
             keepalive_interval: self.keepalive_interval,
             my_addr: OnceLock::new(),
             faults: self.faults,
@@ -408,6 +424,7 @@ impl Messenger {
             features: DEFAULT_FEATURES,
             max_segment_len: DEFAULT_MAX_SEGMENT_LEN,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
             keepalive_interval: None,
             nonce: None,
             faults: Faults::default(),

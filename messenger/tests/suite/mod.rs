@@ -2,6 +2,7 @@
 //! The messenger suite, written once and run over every transport through
 //! [`messenger_tests!`]: two messengers in one process on a two-core runtime.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -204,10 +205,22 @@ pub fn server<H: Harness>(
     dispatchers: Vec<Arc<dyn Dispatcher>>,
     idle: Duration,
 ) -> (Messenger, Address) {
+    server_with(rt, h, dispatchers, idle, Duration::from_secs(10))
+}
+
+/// [`server`] with the ready (whole-handshake) timeout given.
+pub fn server_with<H: Harness>(
+    rt: &Runtime,
+    h: &H,
+    dispatchers: Vec<Arc<dyn Dispatcher>>,
+    idle: Duration,
+    ready: Duration,
+) -> (Messenger, Address) {
     let m = Messenger::builder(EntityName::new(EntityType::Osd, 0))
         .transport(h.kind())
         .handle(rt.handle())
         .idle_timeout(idle)
+        .ready_timeout(ready)
         .build()
         .unwrap();
     let addr = rt.block_on(m.bind(&h.listen_addr())).unwrap();
@@ -536,6 +549,119 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
     );
 }
 
+/// A peer that trickles its handshake, one byte every 40 ms, never trips the idle timeout
+/// (500 ms) yet cannot hold the connection: the ready timeout (600 ms) counts from the start
+/// of the handshake and closes it with HandshakeTimeout long before the trickle (about 3 s
+/// for the banner and HELLO) is over.
+pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
+    const READY: Duration = Duration::from_millis(600);
+    let rt = runtime();
+    let rec = Recorder::new();
+    let (server, addr) = server_with(
+        &rt,
+        &h,
+        vec![rec.clone()],
+        Duration::from_millis(500),
+        READY,
+    );
+    let mut bytes = Banner::default().encode().to_vec();
+    bytes.extend_from_slice(&hello_frame());
+    let n = bytes.len();
+    let (kind, a) = (h.kind(), addr.clone());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = sent.clone();
+    let start = std::time::Instant::now();
+    rt.handle()
+        .spawn_on(0, move || async move {
+            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+            let ep = t.connect(&a).await.unwrap();
+            for b in bytes {
+                if ep.send(vec![Bytes::copy_from_slice(&[b])]).await.is_err() {
+                    return;
+                }
+                sent2.fetch_add(1, Ordering::Relaxed);
+                timer::sleep(Duration::from_millis(40)).await;
+            }
+            let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
+        })
+        .detach();
+    rec.wait_for("reset", |s| !s.resets.is_empty());
+    let took = start.elapsed();
+    let (conn, reason) = rec.seen.lock().unwrap().resets[0].clone();
+    assert!(
+        reason.contains("HandshakeTimeout") && reason.contains("the server handshake"),
+        "{reason}"
+    );
+    assert!(conn.is_closed());
+    assert!(rec.seen.lock().unwrap().accepts.is_empty());
+    // Closed while the peer was still trickling: not at the end of it, not by the idle timer.
+    assert!(took >= READY, "closed after {took:?}");
+    assert!(
+        sent.load(Ordering::Relaxed) < n,
+        "the whole handshake got through first"
+    );
+    stop(rt, &[&server]);
+}
+
+/// The same bound on the connecting side: a server that trickles its banner makes the
+/// client's handshake fail with HandshakeTimeout (reported as the lossy connection's reset),
+/// not keep the attempt (and the messages queued behind it) waiting for as long as it likes.
+pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
+    use corewire_transport::Listener;
+    const READY: Duration = Duration::from_millis(600);
+    let rt = runtime();
+    let (kind, la) = (h.kind(), h.listen_addr());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = sent.clone();
+    let banner = Banner::default().encode();
+    let n = banner.len();
+    rt.handle()
+        .spawn_on(0, move || async move {
+            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+            let l = t.listen(&la).await.unwrap();
+            tx.send(l.local_addr()).unwrap();
+            let ep = l.accept().await.unwrap();
+            for b in banner.iter() {
+                if ep.send(vec![Bytes::copy_from_slice(&[*b])]).await.is_err() {
+                    return;
+                }
+                sent2.fetch_add(1, Ordering::Relaxed);
+                timer::sleep(Duration::from_millis(40)).await;
+            }
+            let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
+        })
+        .detach();
+    let addr = rx.recv_timeout(limit()).unwrap();
+    let client = Messenger::builder(EntityName::new(EntityType::Client, 3))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .idle_timeout(Duration::from_millis(500))
+        .ready_timeout(READY)
+        .build()
+        .unwrap();
+    let crec = Recorder::new();
+    client.add_dispatcher_tail(crec.clone()).unwrap();
+    client.start().unwrap();
+    let start = std::time::Instant::now();
+    let conn = rt.block_on(client.connect(addr)).unwrap();
+    conn.send(Message::new(1)).unwrap();
+    crec.wait_for("reset", |s| !s.resets.is_empty());
+    let took = start.elapsed();
+    let (_, reason) = crec.seen.lock().unwrap().resets[0].clone();
+    assert!(
+        reason.contains("HandshakeTimeout") && reason.contains("the client handshake"),
+        "{reason}"
+    );
+    assert!(crec.seen.lock().unwrap().connects.is_empty());
+    assert!(took >= READY, "closed after {took:?}");
+    assert!(
+        sent.load(Ordering::Relaxed) < n,
+        "the whole banner got through first"
+    );
+    stop(rt, &[&client]);
+}
+
 /// Once the session is up the idle timeout is one watchdog per session, not a timer per
 /// receive: a client that keeps sending keepalives (every 100 ms) keeps its session through
 /// several idle periods (400 ms); a silent one is reset with IdleTimeout while reading frames.
@@ -624,6 +750,8 @@ macro_rules! messenger_tests {
             bad_crc_is_a_typed_error,
             oversized_segment_is_a_typed_error,
             stalled_peer_hits_the_idle_timeout,
+            trickling_peer_hits_the_ready_timeout,
+            trickling_server_hits_the_ready_timeout,
             established_session_idle_timeout_watchdog,
             unsupported_banner_features_are_a_typed_error,
             frames_out_of_order_are_a_typed_error,
