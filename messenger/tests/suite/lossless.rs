@@ -350,6 +350,46 @@ pub fn dispatch_throttle_pushes_back<H: Harness>(h: H) {
     stop(rt, &[&client, &server]);
 }
 
+/// A reader held by the dispatch throttle is not an idle peer: the server's application
+/// keeps the first message (the throttle allows one) for 4 idle periods, so the second one
+/// waits unread in the socket; the session is neither reset nor resumed for it, and the
+/// second message arrives once the first is let go.
+pub fn throttled_reader_is_not_idle<H: Harness>(h: H) {
+    const IDLE: Duration = Duration::from_millis(300);
+    let rt = runtime();
+    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| {
+        b.idle_timeout(IDLE).dispatch_throttle(ThrottleLimits {
+            messages: 1,
+            bytes: 0,
+        })
+    });
+    let (client, _, _) = osd(&rt, &h, 1, false, |b| b);
+    let conn = rt
+        .block_on(client.connect(PeerAddr::new(addr.unwrap(), server.nonce())))
+        .unwrap();
+    for i in 0..2 {
+        conn.send(Message::new(2).with_tid(i)).unwrap();
+    }
+    srec.wait_for("the first message", |s| s.msgs.len() == 1);
+    std::thread::sleep(IDLE * 4);
+    {
+        let mut s = srec.seen.lock().unwrap();
+        assert_eq!(s.count, 1, "the throttle let the second message through");
+        assert!(s.msgs[0].1.throttle.is_held());
+        s.msgs.clear(); // the application lets it go: reading resumes
+    }
+    srec.wait_for("the second message", |s| s.count == 2);
+    let (sc, cc) = (server.counters(), client.counters());
+    assert_eq!(
+        (sc.session_faults, cc.session_faults),
+        (0, 0),
+        "{sc:?} {cc:?}"
+    );
+    assert_eq!((sc.sessions_resumed, cc.sessions_resumed), (0, 0));
+    assert!(srec.seen.lock().unwrap().resets.is_empty());
+    stop(rt, &[&client, &server]);
+}
+
 /// Several messengers in one process on one runtime, as an OSD runs public, cluster, heartbeat
 /// front/back, hb-client and objecter messengers: each keeps its own connections, dispatchers
 /// and sessions; shutting one down leaves the others running.

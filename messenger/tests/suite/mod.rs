@@ -763,6 +763,7 @@ macro_rules! messenger_tests {
             peer_restart_is_a_remote_reset,
             connection_race_leaves_one_session,
             dispatch_throttle_pushes_back,
+            throttled_reader_is_not_idle,
             several_messengers_share_one_runtime,
             server_side_stream_survives_faults,
             dense_faults_server_side_stream,
