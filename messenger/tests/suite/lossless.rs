@@ -355,10 +355,10 @@ pub fn dispatch_throttle_pushes_back<H: Harness>(h: H) {
 /// waits unread in the socket; the session is neither reset nor resumed for it, and the
 /// second message arrives once the first is let go.
 pub fn throttled_reader_is_not_idle<H: Harness>(h: H) {
-    const IDLE: Duration = Duration::from_millis(300);
+    let idle = Duration::from_millis(300) * super::stretch();
     let rt = runtime();
     let (server, addr, srec) = osd(&rt, &h, 0, true, |b| {
-        b.idle_timeout(IDLE).dispatch_throttle(ThrottleLimits {
+        b.idle_timeout(idle).dispatch_throttle(ThrottleLimits {
             messages: 1,
             bytes: 0,
         })
@@ -371,7 +371,7 @@ pub fn throttled_reader_is_not_idle<H: Harness>(h: H) {
         conn.send(Message::new(2).with_tid(i)).unwrap();
     }
     srec.wait_for("the first message", |s| s.msgs.len() == 1);
-    std::thread::sleep(IDLE * 4);
+    std::thread::sleep(idle * 4);
     {
         let mut s = srec.seen.lock().unwrap();
         assert_eq!(s.count, 1, "the throttle let the second message through");

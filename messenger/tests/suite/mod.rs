@@ -51,6 +51,16 @@ pub fn limit() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// How much the timing-based tests stretch their periods: 5x when the waits are raised (the
+/// RDMA run under emulation), so a slow guest is not mistaken for a stalled peer.
+pub fn stretch() -> u32 {
+    if limit() > Duration::from_secs(60) {
+        5
+    } else {
+        1
+    }
+}
+
 pub fn runtime() -> Runtime {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -554,15 +564,19 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
 /// of the handshake and closes it with HandshakeTimeout long before the trickle (about 3 s
 /// for the banner and HELLO) is over.
 pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
-    const READY: Duration = Duration::from_millis(600);
+    let k = stretch();
+    let (ready, every) = (
+        Duration::from_millis(600) * k,
+        Duration::from_millis(40) * k,
+    );
     let rt = runtime();
     let rec = Recorder::new();
     let (server, addr) = server_with(
         &rt,
         &h,
         vec![rec.clone()],
-        Duration::from_millis(500),
-        READY,
+        Duration::from_millis(500) * k,
+        ready,
     );
     let mut bytes = Banner::default().encode().to_vec();
     bytes.extend_from_slice(&hello_frame());
@@ -580,7 +594,7 @@ pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
                     return;
                 }
                 sent2.fetch_add(1, Ordering::Relaxed);
-                timer::sleep(Duration::from_millis(40)).await;
+                timer::sleep(every).await;
             }
             let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
         })
@@ -595,7 +609,7 @@ pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
     assert!(conn.is_closed());
     assert!(rec.seen.lock().unwrap().accepts.is_empty());
     // Closed while the peer was still trickling: not at the end of it, not by the idle timer.
-    assert!(took >= READY, "closed after {took:?}");
+    assert!(took >= ready, "closed after {took:?}");
     assert!(
         sent.load(Ordering::Relaxed) < n,
         "the whole handshake got through first"
@@ -608,7 +622,11 @@ pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
 /// not keep the attempt (and the messages queued behind it) waiting for as long as it likes.
 pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
     use corewire_transport::Listener;
-    const READY: Duration = Duration::from_millis(600);
+    let k = stretch();
+    let (ready, every) = (
+        Duration::from_millis(600) * k,
+        Duration::from_millis(40) * k,
+    );
     let rt = runtime();
     let (kind, la) = (h.kind(), h.listen_addr());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -627,7 +645,7 @@ pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
                     return;
                 }
                 sent2.fetch_add(1, Ordering::Relaxed);
-                timer::sleep(Duration::from_millis(40)).await;
+                timer::sleep(every).await;
             }
             let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
         })
@@ -636,8 +654,8 @@ pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
     let client = Messenger::builder(EntityName::new(EntityType::Client, 3))
         .transport(h.kind())
         .handle(rt.handle())
-        .idle_timeout(Duration::from_millis(500))
-        .ready_timeout(READY)
+        .idle_timeout(Duration::from_millis(500) * k)
+        .ready_timeout(ready)
         .build()
         .unwrap();
     let crec = Recorder::new();
@@ -654,7 +672,7 @@ pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
         "{reason}"
     );
     assert!(crec.seen.lock().unwrap().connects.is_empty());
-    assert!(took >= READY, "closed after {took:?}");
+    assert!(took >= ready, "closed after {took:?}");
     assert!(
         sent.load(Ordering::Relaxed) < n,
         "the whole banner got through first"
