@@ -319,7 +319,7 @@ impl OutQueue {
                 middle: m.middle.clone(),
                 data: m.data.clone(),
             };
-            out.extend(frame.to_wire()?);
+            frame.encode_into(&mut out)?;
             self.in_seq_acked = self.in_seq;
             if self.keep_sent {
                 self.sent.push_back(m);

@@ -42,7 +42,7 @@ const BATCH: usize = 16;
 fn encode(data: &Bytes) -> Vec<Bytes> {
     let mut g = Gather::default();
     for _ in 0..BATCH {
-        g.extend(frame(data).to_wire().expect("encode"));
+        frame(data).encode_into(&mut g).expect("encode");
     }
     g.finish()
 }

@@ -23,9 +23,10 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::{WireError, WireResult};
+use super::gather::Gather;
 
 /// `CEPH_BANNER_V2_PREFIX`.
 pub const BANNER_PREFIX: &[u8; 8] = b"ceph v2\n";
@@ -449,6 +450,54 @@ impl FrameAssembler {
         Ok(out)
     }
 
+    /// Appends the frame of `first` and `rest` (segments 0 and 1..; trailing empty ones
+    /// dropped) under `tag` to `out`, byte for byte what [`FrameAssembler::encode`] returns:
+    /// the preamble, segment 0, the crcs and the epilogue go straight into `out`'s open run
+    /// (no buffer of their own), the other segments by [`Gather::push`]. The writer's path.
+    pub fn encode_into(
+        tag: Tag,
+        first: &[u8],
+        rest: [&Bytes; MAX_NUM_SEGMENTS - 1],
+        out: &mut Gather,
+    ) -> WireResult<()> {
+        let lens = [first.len(), rest[0].len(), rest[1].len(), rest[2].len()];
+        let n = lens.iter().rposition(|&l| l > 0).map_or(1, |i| i + 1);
+        let aligns = tag.segment_aligns();
+        let mut desc = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
+        for i in 0..n {
+            let len = u32::try_from(lens[i]).map_err(|_| WireError::SegmentTooLarge {
+                index: i,
+                len: lens[i] as u64,
+                max: u64::from(u32::MAX),
+            })?;
+            desc[i] = SegmentDesc {
+                len,
+                align: aligns[i],
+            };
+        }
+        let preamble = Preamble {
+            tag,
+            num_segments: n as u8,
+            segments: desc,
+            flags: 0,
+        };
+        out.put_slice(&preamble.encode());
+        if !first.is_empty() {
+            out.put_slice(first);
+            out.put_slice(&segment_crc(first).to_le_bytes());
+        }
+        if n > 1 {
+            let mut epilogue = [0u8; EPILOGUE_LEN];
+            epilogue[0] = LATE_STATUS_COMPLETE;
+            for (i, s) in rest[..n - 1].iter().enumerate() {
+                out.push((*s).clone());
+                epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s).to_le_bytes());
+            }
+            out.put_slice(&epilogue);
+        }
+        Ok(())
+    }
+
     /// The frame as one contiguous buffer (copies; for tests and small frames).
     pub fn encode_contiguous(tag: Tag, segments: &[Bytes]) -> WireResult<Bytes> {
         let parts = Self::encode(tag, segments)?;
@@ -587,6 +636,30 @@ impl FrameDecoder {
         out.freeze()
     }
 
+    /// Copies out and consumes the next `N` buffered bytes (`N <= buffered`): the fixed-size
+    /// parts (preamble, crc, epilogue) need no buffer of their own, and advancing a chunk
+    /// touches no reference count, where splitting one off does.
+    fn take_array<const N: usize>(&mut self) -> [u8; N] {
+        debug_assert!(N <= self.buffered);
+        self.buffered -= N;
+        let mut out = [0u8; N];
+        let mut at = 0;
+        while at < N {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("buffered bytes without chunks");
+            let k = front.len().min(N - at);
+            out[at..at + k].copy_from_slice(&front[..k]);
+            front.advance(k);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            at += k;
+        }
+        out
+    }
+
     /// Decodes the peer's banner from the front of the stream, if it has arrived whole.
     /// Call before the first [`FrameDecoder::next_frame`].
     pub fn next_banner(&mut self) -> WireResult<Option<Banner>> {
@@ -638,9 +711,7 @@ impl FrameDecoder {
                     if self.buffered < PREAMBLE_LEN {
                         return Ok(None);
                     }
-                    let raw = self.take(PREAMBLE_LEN);
-                    let mut b = [0u8; PREAMBLE_LEN];
-                    b.copy_from_slice(&raw);
+                    let b = self.take_array::<PREAMBLE_LEN>();
                     let p = Preamble::decode(&b)?;
                     for (index, s) in p.used().iter().enumerate() {
                         if s.len > self.max_segment_len {
@@ -664,8 +735,7 @@ impl FrameDecoder {
                         Bytes::new()
                     } else {
                         let seg = self.take(p.segments[0].len as usize);
-                        let crc = self.take(CRC_LEN);
-                        let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+                        let expected = u32::from_le_bytes(self.take_array::<CRC_LEN>());
                         let got = segment_crc(&seg);
                         if got != expected {
                             return Err(WireError::BadCrc {
@@ -691,7 +761,7 @@ impl FrameDecoder {
                     for s in &p.used()[1..] {
                         segs.push(self.take(s.len as usize));
                     }
-                    let epilogue = self.take(EPILOGUE_LEN);
+                    let epilogue = self.take_array::<EPILOGUE_LEN>();
                     let late = epilogue[0];
                     match late & LATE_STATUS_ABORTED_MASK {
                         LATE_STATUS_COMPLETE => {}

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::codec::{Decode, Decoder, Encode, Encoder, UTime};
 use super::error::{WireError, WireResult};
 use super::frame::{FrameAssembler, Tag};
+use super::gather::Gather;
 use super::types::{EntityAddr, EntityAddrVec, EntityType};
 
 /// `CEPH_AUTH_NONE`, `CEPH_AUTH_CEPHX`.
@@ -280,19 +281,33 @@ impl MsgHeader2 {
     pub const LEN: usize = 41;
 }
 
+impl MsgHeader2 {
+    /// The packed little-endian encoding.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        let mut at = 0;
+        let mut put = |v: &[u8]| {
+            b[at..at + v.len()].copy_from_slice(v);
+            at += v.len();
+        };
+        put(&self.seq.to_le_bytes());
+        put(&self.tid.to_le_bytes());
+        put(&self.msg_type.to_le_bytes());
+        put(&self.priority.to_le_bytes());
+        put(&self.version.to_le_bytes());
+        put(&self.data_pre_padding_len.to_le_bytes());
+        put(&self.data_off.to_le_bytes());
+        put(&self.ack_seq.to_le_bytes());
+        put(&[self.flags]);
+        put(&self.compat_version.to_le_bytes());
+        put(&self.reserved.to_le_bytes());
+        b
+    }
+}
+
 impl Encode for MsgHeader2 {
     fn encode(&self, enc: &mut Encoder) {
-        enc.put_u64(self.seq)
-            .put_u64(self.tid)
-            .put_u16(self.msg_type)
-            .put_u16(self.priority)
-            .put_u16(self.version)
-            .put_u32(self.data_pre_padding_len)
-            .put_u16(self.data_off)
-            .put_u64(self.ack_seq)
-            .put_u8(self.flags)
-            .put_u16(self.compat_version)
-            .put_u16(self.reserved);
+        enc.put_raw(&self.to_bytes());
     }
 }
 
@@ -365,6 +380,17 @@ impl MessageFrame {
     /// The frame on the wire (msgr2.1 crc mode), as buffers to write in order.
     pub fn to_wire(&self) -> WireResult<Vec<Bytes>> {
         FrameAssembler::encode(Tag::Message, &self.to_segments())
+    }
+
+    /// Appends the frame to `out` (the same bytes as [`MessageFrame::to_wire`], with no
+    /// allocation of its own: see [`FrameAssembler::encode_into`]).
+    pub fn encode_into(&self, out: &mut Gather) -> WireResult<()> {
+        FrameAssembler::encode_into(
+            Tag::Message,
+            &self.header.to_bytes(),
+            [&self.front, &self.middle, &self.data],
+            out,
+        )
     }
 }
 
