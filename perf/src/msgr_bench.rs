@@ -236,15 +236,16 @@ struct Job {
 }
 
 impl Job {
-    /// Record one send; returns the message to send, or None when the job stops sending.
-    fn next_request(&self, st: &mut JobState) -> Option<Message> {
+    /// Record one send at `now`; returns the message to send, or None when the job stops
+    /// sending.
+    fn next_request(&self, st: &mut JobState, now: Instant) -> Option<Message> {
         if self.ctl.stop.load(Ordering::Relaxed) || self.ctl.ops_limit.is_some_and(|n| st.sent >= n)
         {
             return None;
         }
         st.next_tid += 1;
         st.sent += 1;
-        st.in_flight.insert(st.next_tid, Instant::now());
+        st.in_flight.insert(st.next_tid, now);
         Some(Message::new(MSG_REQ).with_tid(st.next_tid).with_payload(
             Bytes::new(),
             Bytes::new(),
@@ -291,7 +292,8 @@ impl Dispatcher for Job {
                 }
             }
             self.ctl.replies.fetch_add(1, Ordering::Relaxed);
-            let next = self.next_request(&mut st);
+            // The reply's arrival is the next request's send time: one clock read each.
+            let next = self.next_request(&mut st, now);
             if next.is_none() && st.in_flight.is_empty() {
                 self.finish(&mut st);
             }
@@ -570,7 +572,7 @@ pub fn run_client(
     let start_sending = || {
         for job in &jobs {
             for _ in 0..cfg.concurrency {
-                let m = job.next_request(&mut job.st.lock().expect("poison"));
+                let m = job.next_request(&mut job.st.lock().expect("poison"), Instant::now());
                 if let Some(m) = m {
                     job.send(m);
                 }
