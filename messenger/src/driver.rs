@@ -273,21 +273,30 @@ async fn client_attempt(cs: &CoreState, conn: &Conn) -> Result<Live> {
 
 /// Run one step of a handshake that must be over by `deadline` (the ready timeout counted
 /// from the handshake's start): a step still running then fails with `HandshakeTimeout`.
-async fn by_deadline<T>(
+///
+/// The step is boxed before anything awaits it: held inline, it would sit in the
+/// connection's task future once more for each wrapper, and debug builds copy that future
+/// by value on the stack when a connection task is spawned (a stack overflow there with
+/// the RDMA transport compiled in).
+fn by_deadline<'a, T: 'a>(
     m: &Shared,
     deadline: Instant,
     peer: &Address,
     during: &'static str,
-    step: impl Future<Output = Result<T>>,
-) -> Result<T> {
+    step: impl Future<Output = Result<T>> + 'a,
+) -> impl Future<Output = Result<T>> + 'a {
+    let step = Box::pin(step);
     let left = deadline.saturating_duration_since(Instant::now());
-    timer::timeout(left, step)
-        .await
-        .map_err(|_| MessengerError::HandshakeTimeout {
-            peer: peer.clone(),
-            during,
-            after: m.ready_timeout,
-        })?
+    let (peer, after) = (peer.clone(), m.ready_timeout);
+    async move {
+        timer::timeout(left, step)
+            .await
+            .map_err(|_| MessengerError::HandshakeTimeout {
+                peer,
+                during,
+                after,
+            })?
+    }
 }
 
 async fn client_handshake(
