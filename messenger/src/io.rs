@@ -148,7 +148,7 @@ impl FrameReader {
                     if self.faults.active() {
                         self.faults.check(&self.peer, Direction::Rx, tag)?;
                     }
-                    return Frame::decode(tag, &segs)
+                    return Frame::decode_owned(tag, segs)
                         .map_err(|e| MessengerError::wire(&self.peer, during, e));
                 }
                 Ok(None) => self.recv_more(ep, during, watch).await?,

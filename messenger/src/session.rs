@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -27,9 +28,32 @@ use crate::protocol::reconnect::{Existing, Role, SessionIds};
 use crate::throttle::Budget;
 use crate::wire::{EntityType, UTime};
 
+/// Hasher of the messenger's own ids (messenger and connection numbers, never a peer's
+/// input), looked up on every send: one multiply (Fibonacci hashing) instead of SipHash, whose
+/// resistance to chosen keys these maps do not need.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by one of the messenger's own ids.
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 thread_local! {
     /// Messenger id -> this core's state for it.
-    static REGISTRY: RefCell<HashMap<u64, Rc<CoreState>>> = RefCell::new(HashMap::new());
+    static REGISTRY: RefCell<IdMap<Rc<CoreState>>> = RefCell::new(IdMap::default());
 }
 
 /// This core's state for messenger `m`, created on first use (None once it shut down or off
@@ -46,7 +70,7 @@ pub(crate) fn core_state(m: &Arc<Shared>) -> Option<Rc<CoreState>> {
         core,
         msgr: m.clone(),
         transport: RefCell::new(None),
-        conns: RefCell::new(HashMap::new()),
+        conns: RefCell::new(IdMap::default()),
         by_peer: RefCell::new(HashMap::new()),
         next_id: Cell::new(0),
         local: RefCell::new(None),
@@ -150,7 +174,7 @@ pub(crate) struct CoreState {
     pub(crate) core: usize,
     pub(crate) msgr: Arc<Shared>,
     transport: RefCell<Option<AnyTransport>>,
-    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    conns: RefCell<IdMap<Rc<Conn>>>,
     by_peer: RefCell<HashMap<PeerAddr, u64>>,
     next_id: Cell<u64>,
     local: RefCell<Option<ConnectionRef>>,

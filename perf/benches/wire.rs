@@ -54,7 +54,7 @@ fn decode(dec: &mut FrameDecoder, wire: &[Bytes]) -> usize {
     }
     let mut n = 0;
     while let Some((tag, segs)) = dec.next_frame().expect("valid") {
-        black_box(Frame::decode(tag, &segs).expect("decodes"));
+        black_box(Frame::decode_owned(tag, segs).expect("decodes"));
         n += 1;
     }
     n

@@ -354,26 +354,30 @@ impl MessageFrame {
 
     /// Builds a message from received segments; absent trailing segments are empty.
     pub fn from_segments(segments: &[Bytes]) -> WireResult<Self> {
-        let Some(hdr) = segments.first() else {
-            return Err(WireError::TooManySegments { count: 0 });
-        };
-        if segments.len() > 4 {
+        Self::from_segment_vec(segments.to_vec())
+    }
+
+    /// As [`MessageFrame::from_segments`], taking the segments (the reader's path: the
+    /// payloads move into the message, no reference count touched).
+    pub fn from_segment_vec(segments: Vec<Bytes>) -> WireResult<Self> {
+        if segments.is_empty() || segments.len() > 4 {
             return Err(WireError::TooManySegments {
                 count: segments.len(),
             });
         }
+        let mut it = segments.into_iter();
+        let hdr = it.next().unwrap_or_default();
         if hdr.len() != MsgHeader2::LEN {
             return Err(WireError::bad(
                 "ceph_msg_header2",
                 format!("{} bytes, expected {}", hdr.len(), MsgHeader2::LEN),
             ));
         }
-        let seg = |i: usize| segments.get(i).cloned().unwrap_or_default();
         Ok(Self {
-            header: Decoder::new(hdr).get()?,
-            front: seg(1),
-            middle: seg(2),
-            data: seg(3),
+            header: Decoder::new(&hdr).get()?,
+            front: it.next().unwrap_or_default(),
+            middle: it.next().unwrap_or_default(),
+            data: it.next().unwrap_or_default(),
         })
     }
 
@@ -438,6 +442,14 @@ macro_rules! frame_dispatch {
                     Tag::Message => Frame::Message(MessageFrame::from_segments(segments)?),
                     $(Tag::$v => Frame::$v($v::from_frame(tag, segments)?),)*
                 })
+            }
+
+            /// As [`Frame::decode`], taking the segments (a MESSAGE's payloads move).
+            pub fn decode_owned(tag: Tag, segments: Vec<Bytes>) -> WireResult<Self> {
+                match tag {
+                    Tag::Message => Ok(Frame::Message(MessageFrame::from_segment_vec(segments)?)),
+                    _ => Self::decode(tag, &segments),
+                }
             }
 
             /// The frame's segments.
