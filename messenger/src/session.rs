@@ -48,6 +48,10 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Largest connection task future accepted by a debug build's check (about 6 KB now, with
+/// every transport compiled in); see [`CoreState::new_conn`].
+const MAX_CONN_TASK_BYTES: usize = 16 << 10;
+
 /// A map keyed by one of the messenger's own ids.
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
@@ -242,11 +246,19 @@ impl CoreState {
         self.conns.borrow_mut().insert(conn.cref.id(), conn.clone());
         self.by_peer.borrow_mut().insert(peer, conn.cref.id());
         let (cs, c) = (self.clone(), conn.clone());
-        spawn_local(async move {
+        let task = async move {
             let work = conn_main(&cs, &c);
             drive(&cs, &c, work).await
-        })
-        .detach();
+        };
+        // Debug builds copy a task's future by value on the spawning stack, here often deep
+        // inside a dispatcher: a future grown past this (38 KB once, by a wrapper holding
+        // the handshake inline) overflowed a core's stack in CI.
+        debug_assert!(
+            std::mem::size_of_val(&task) <= MAX_CONN_TASK_BYTES,
+            "connection task future of {} bytes",
+            std::mem::size_of_val(&task)
+        );
+        spawn_local(task).detach();
         conn
     }
 
