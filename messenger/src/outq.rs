@@ -313,13 +313,8 @@ impl OutQueue {
             msgs += 1;
             self.out_seq += 1;
             m.seq = self.out_seq;
-            let frame = MessageFrame {
-                header: m.header(self.in_seq),
-                front: m.front.clone(),
-                middle: m.middle.clone(),
-                data: m.data.clone(),
-            };
-            frame.encode_into(&mut out)?;
+            let header = m.header(self.in_seq);
+            MessageFrame::encode_parts_into(&header, [&m.front, &m.middle, &m.data], &mut out)?;
             self.in_seq_acked = self.in_seq;
             if self.keep_sent {
                 self.sent.push_back(m);

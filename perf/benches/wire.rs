@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corewire_messenger::wire::frame::ceph_crc32c;
-use corewire_messenger::wire::{Frame, FrameDecoder, Gather, MessageFrame};
+use corewire_messenger::wire::{Frame, FrameDecoder, Gather, MessageFrame, MsgHeader2};
 use corewire_perf::report::{Group, Row};
 
 /// Run `op` for about `d`; the row of how many times it ran.
@@ -28,21 +28,16 @@ fn measure(name: &str, d: Duration, mut op: impl FnMut()) -> Row {
     Row::new(name, ops, start.elapsed(), None)
 }
 
-fn frame(data: &Bytes) -> MessageFrame {
-    MessageFrame {
-        data: data.clone(),
-        ..MessageFrame::default()
-    }
-}
-
 /// Frames in one write, as the messenger bench's 16 requests in flight.
 const BATCH: usize = 16;
 
 /// One write of `BATCH` frames (as `OutQueue::next_batch` builds it).
 fn encode(data: &Bytes) -> Vec<Bytes> {
     let mut g = Gather::default();
+    let empty = Bytes::new();
     for _ in 0..BATCH {
-        frame(data).encode_into(&mut g).expect("encode");
+        MessageFrame::encode_parts_into(&MsgHeader2::default(), [&empty, &empty, data], &mut g)
+            .expect("encode");
     }
     g.finish()
 }

@@ -406,28 +406,12 @@ impl FrameAssembler {
                 count: segments.len(),
             });
         }
-        let n = segments
-            .iter()
-            .rposition(|s| !s.is_empty())
-            .map_or(1, |i| i + 1);
-        let mut desc = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
-        for (i, s) in segments[..n].iter().enumerate() {
-            let len = u32::try_from(s.len()).map_err(|_| WireError::SegmentTooLarge {
-                index: i,
-                len: s.len() as u64,
-                max: u64::from(u32::MAX),
-            })?;
-            desc[i] = SegmentDesc {
-                len,
-                align: aligns[i],
-            };
+        let mut lens = [0; MAX_NUM_SEGMENTS];
+        for (l, s) in lens.iter_mut().zip(segments) {
+            *l = s.len();
         }
-        let preamble = Preamble {
-            tag,
-            num_segments: n as u8,
-            segments: desc,
-            flags: 0,
-        };
+        let preamble = Self::preamble(tag, lens, aligns)?;
+        let n = usize::from(preamble.num_segments);
         let mut out = Vec::with_capacity(2 + 2 * n);
         out.push(Bytes::copy_from_slice(&preamble.encode()));
         if !segments[0].is_empty() {
@@ -437,15 +421,9 @@ impl FrameAssembler {
             ));
         }
         if n > 1 {
-            let mut epilogue = [0u8; EPILOGUE_LEN];
-            epilogue[0] = LATE_STATUS_COMPLETE;
-            for (i, s) in segments[1..n].iter().enumerate() {
-                if !s.is_empty() {
-                    out.push(s.clone());
-                }
-                epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s).to_le_bytes());
-            }
-            out.push(Bytes::copy_from_slice(&epilogue));
+            let rest = &segments[1..n];
+            out.extend(rest.iter().filter(|s| !s.is_empty()).cloned());
+            out.push(Bytes::copy_from_slice(&Self::epilogue(rest)));
         }
         Ok(out)
     }
@@ -461,41 +439,56 @@ impl FrameAssembler {
         out: &mut Gather,
     ) -> WireResult<()> {
         let lens = [first.len(), rest[0].len(), rest[1].len(), rest[2].len()];
-        let n = lens.iter().rposition(|&l| l > 0).map_or(1, |i| i + 1);
-        let aligns = tag.segment_aligns();
-        let mut desc = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
-        for i in 0..n {
-            let len = u32::try_from(lens[i]).map_err(|_| WireError::SegmentTooLarge {
-                index: i,
-                len: lens[i] as u64,
-                max: u64::from(u32::MAX),
-            })?;
-            desc[i] = SegmentDesc {
-                len,
-                align: aligns[i],
-            };
-        }
-        let preamble = Preamble {
-            tag,
-            num_segments: n as u8,
-            segments: desc,
-            flags: 0,
-        };
+        let preamble = Self::preamble(tag, lens, tag.segment_aligns())?;
+        let n = usize::from(preamble.num_segments);
         out.put_slice(&preamble.encode());
         if !first.is_empty() {
             out.put_slice(first);
             out.put_slice(&segment_crc(first).to_le_bytes());
         }
         if n > 1 {
-            let mut epilogue = [0u8; EPILOGUE_LEN];
-            epilogue[0] = LATE_STATUS_COMPLETE;
-            for (i, s) in rest[..n - 1].iter().enumerate() {
-                out.push((*s).clone());
-                epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s).to_le_bytes());
-            }
-            out.put_slice(&epilogue);
+            let rest = &rest[..n - 1];
+            rest.iter().for_each(|s| out.push((*s).clone()));
+            out.put_slice(&Self::epilogue(rest));
         }
         Ok(())
+    }
+
+    /// The preamble of a frame whose segments have `lens` bytes: trailing empty segments
+    /// are dropped (as Ceph's `calc_num_segments` does), at least one is kept.
+    fn preamble(
+        tag: Tag,
+        lens: [usize; MAX_NUM_SEGMENTS],
+        aligns: [u16; MAX_NUM_SEGMENTS],
+    ) -> WireResult<Preamble> {
+        let n = lens.iter().rposition(|&l| l > 0).map_or(1, |i| i + 1);
+        let mut segments = [SegmentDesc::default(); MAX_NUM_SEGMENTS];
+        for (i, (d, &len)) in segments.iter_mut().zip(&lens).take(n).enumerate() {
+            *d = SegmentDesc {
+                len: u32::try_from(len).map_err(|_| WireError::SegmentTooLarge {
+                    index: i,
+                    len: len as u64,
+                    max: u64::from(u32::MAX),
+                })?,
+                align: aligns[i],
+            };
+        }
+        Ok(Preamble {
+            tag,
+            num_segments: n as u8,
+            segments,
+            flags: 0,
+        })
+    }
+
+    /// The epilogue after segments 1.. (`rest`): complete, with each one's crc.
+    fn epilogue<B: AsRef<[u8]>>(rest: &[B]) -> [u8; EPILOGUE_LEN] {
+        let mut epilogue = [0u8; EPILOGUE_LEN];
+        epilogue[0] = LATE_STATUS_COMPLETE;
+        for (i, s) in rest.iter().enumerate() {
+            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s.as_ref()).to_le_bytes());
+        }
+        epilogue
     }
 
     /// The frame as one contiguous buffer (copies; for tests and small frames).

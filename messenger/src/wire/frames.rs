@@ -279,9 +279,7 @@ pub struct MsgHeader2 {
 impl MsgHeader2 {
     /// `sizeof(ceph_msg_header2)`.
     pub const LEN: usize = 41;
-}
 
-impl MsgHeader2 {
     /// The packed little-endian encoding.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
@@ -342,10 +340,8 @@ pub struct MessageFrame {
 impl MessageFrame {
     /// The four segments (payloads are shared, not copied).
     pub fn to_segments(&self) -> [Bytes; 4] {
-        let mut enc = Encoder::with_capacity(MsgHeader2::LEN);
-        self.header.encode(&mut enc);
         [
-            enc.finish(),
+            Bytes::copy_from_slice(&self.header.to_bytes()),
             self.front.clone(),
             self.middle.clone(),
             self.data.clone(),
@@ -389,12 +385,18 @@ impl MessageFrame {
     /// Appends the frame to `out` (the same bytes as [`MessageFrame::to_wire`], with no
     /// allocation of its own: see [`FrameAssembler::encode_into`]).
     pub fn encode_into(&self, out: &mut Gather) -> WireResult<()> {
-        FrameAssembler::encode_into(
-            Tag::Message,
-            &self.header.to_bytes(),
-            [&self.front, &self.middle, &self.data],
-            out,
-        )
+        Self::encode_parts_into(&self.header, [&self.front, &self.middle, &self.data], out)
+    }
+
+    /// As [`MessageFrame::encode_into`] from a header and the payload segments (front,
+    /// middle, data) where they are: the writer encodes a queued message without building a
+    /// frame of clones first.
+    pub fn encode_parts_into(
+        header: &MsgHeader2,
+        payload: [&Bytes; 3],
+        out: &mut Gather,
+    ) -> WireResult<()> {
+        FrameAssembler::encode_into(Tag::Message, &header.to_bytes(), payload, out)
     }
 }
 

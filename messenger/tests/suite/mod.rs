@@ -559,6 +559,24 @@ pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
     );
 }
 
+/// Send `bytes` one at a time, `every` apart, counting them in `sent`, then drain what the
+/// other side says until it closes (the ready-timeout tests' slow peer).
+async fn trickle(
+    ep: &corewire_transport::AnyEndpoint,
+    bytes: &[u8],
+    every: Duration,
+    sent: &AtomicUsize,
+) {
+    for &b in bytes {
+        if ep.send(vec![Bytes::copy_from_slice(&[b])]).await.is_err() {
+            return;
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        timer::sleep(every).await;
+    }
+    let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
+}
+
 /// A peer that trickles its handshake, one byte every 40 ms, never trips the idle timeout
 /// (500 ms) yet cannot hold the connection: the ready timeout (600 ms) counts from the start
 /// of the handshake and closes it with HandshakeTimeout long before the trickle (about 3 s
@@ -589,14 +607,7 @@ pub fn trickling_peer_hits_the_ready_timeout<H: Harness>(h: H) {
         .spawn_on(0, move || async move {
             let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
             let ep = t.connect(&a).await.unwrap();
-            for b in bytes {
-                if ep.send(vec![Bytes::copy_from_slice(&[b])]).await.is_err() {
-                    return;
-                }
-                sent2.fetch_add(1, Ordering::Relaxed);
-                timer::sleep(every).await;
-            }
-            let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
+            trickle(&ep, &bytes, every, &sent2).await;
         })
         .detach();
     rec.wait_for("reset", |s| !s.resets.is_empty());
@@ -640,14 +651,7 @@ pub fn trickling_server_hits_the_ready_timeout<H: Harness>(h: H) {
             let l = t.listen(&la).await.unwrap();
             tx.send(l.local_addr()).unwrap();
             let ep = l.accept().await.unwrap();
-            for b in banner.iter() {
-                if ep.send(vec![Bytes::copy_from_slice(&[*b])]).await.is_err() {
-                    return;
-                }
-                sent2.fetch_add(1, Ordering::Relaxed);
-                timer::sleep(every).await;
-            }
-            let _ = timer::timeout(limit(), async { while ep.recv().await.is_ok() {} }).await;
+            trickle(&ep, &banner, every, &sent2).await;
         })
         .detach();
     let addr = rx.recv_timeout(limit()).unwrap();
