@@ -6,7 +6,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -28,32 +27,12 @@ use crate::protocol::reconnect::{Existing, Role, SessionIds};
 use crate::throttle::Budget;
 use crate::wire::{EntityType, UTime};
 
-/// Hasher of the messenger's own ids (messenger and connection numbers, never a peer's
-/// input), looked up on every send: one multiply (Fibonacci hashing) instead of SipHash, whose
-/// resistance to chosen keys these maps do not need.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Largest connection task future accepted by a debug build's check (about 6 KB now, with
 /// every transport compiled in); see [`CoreState::new_conn`].
 const MAX_CONN_TASK_BYTES: usize = 16 << 10;
 
 /// A map keyed by one of the messenger's own ids.
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = corewire_runtime::idmap::IdMap<u64, V>;
 
 thread_local! {
     /// Messenger id -> this core's state for it.

@@ -56,8 +56,8 @@ impl Budget {
     /// however large (as Ceph's `Throttle::get`), so nothing waits forever.
     fn fits(&self, bytes: usize) -> bool {
         let (m, b) = (
-            self.messages.load(Ordering::Acquire),
-            self.bytes.load(Ordering::Acquire),
+            self.messages.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
         );
         if m == 0 {
             return true;
@@ -92,9 +92,12 @@ impl Budget {
     }
 
     fn release(&self, bytes: usize) {
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-        if self.waiting.swap(false, Ordering::SeqCst) {
+        self.messages.fetch_sub(1, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        // Pairs with `acquire`'s flag store then re-check (both SeqCst): either it sees this
+        // release or this sees its flag. The plain load first keeps the usual case (nobody
+        // waiting) free of a third locked instruction.
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
             if let Some(w) = self.waker.lock().expect("not poisoned").take() {
                 w.wake();
             }

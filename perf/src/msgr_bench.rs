@@ -9,7 +9,6 @@
 //! the server runs in the same process) and on the server (per-thread CPU of its core threads
 //! from `/proc/self/task/TID/schedstat`, in-process only), and each core's loop statistics.
 
-use std::collections::HashMap;
 use std::io::{self, IsTerminal};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corewire_messenger::wire::{EntityName, EntityType};
 use corewire_messenger::{ConnectionRef, DispatchMode, Dispatcher, Message, Messenger};
+use corewire_runtime::idmap::IdMap;
 use corewire_runtime::{timer, CoreStats, Handle, Runtime};
 use corewire_transport::Address;
 use hdrhistogram::Histogram;
@@ -219,7 +219,8 @@ struct Ctl {
 struct JobState {
     next_tid: u64,
     sent: u64,
-    in_flight: HashMap<u64, Instant>,
+    /// Send time by tid (our own sequential ids: the runtime's multiply hash, not SipHash).
+    in_flight: IdMap<u64, Instant>,
     hist: Histogram<u64>,
     measured: u64,
     finished: bool,
@@ -465,12 +466,13 @@ impl MsgrResult {
             for c in v.iter() {
                 let per = |n: u64| n as f64 / self.msgs.max(1) as f64;
                 s += &format!(
-                    "  {side} core {} (cpu {}): busy {:.1}%, {:.2} loop iterations/msg ({:.0}% with work), {:.3} parks/msg, {:.3} wakeups/msg\n",
+                    "  {side} core {} (cpu {}): busy {:.1}%, {:.2} loop iterations/msg ({:.0}% with work), {:.2} task polls/msg, {:.3} parks/msg, {:.3} wakeups/msg\n",
                     c.core,
                     c.cpu,
                     c.busy_fraction() * 100.0,
                     per(c.loop_iterations),
                     c.iterations_with_work as f64 * 100.0 / c.loop_iterations.max(1) as f64,
+                    per(c.tasks_run),
                     per(c.parks),
                     per(c.wakeups),
                 );
@@ -533,7 +535,7 @@ pub fn run_client(
             st: Mutex::new(JobState {
                 next_tid: 0,
                 sent: 0,
-                in_flight: HashMap::with_capacity(cfg.concurrency * 2),
+                in_flight: IdMap::with_capacity_and_hasher(cfg.concurrency * 2, Default::default()),
                 hist: histogram(),
                 measured: 0,
                 finished: false,

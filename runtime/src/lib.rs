@@ -48,6 +48,7 @@ mod builder;
 mod core;
 pub mod error;
 mod executor;
+pub mod idmap;
 mod job;
 pub mod net;
 mod poller;

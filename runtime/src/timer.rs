@@ -2,13 +2,14 @@
 //! deadline order (ties in creation order) on the core that created them.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::core::{with_core, Core};
+use crate::idmap::IdMap;
 
 /// Identifies a timer on its core; pass it to [`cancel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,7 +30,7 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct Timers {
     order: RefCell<BTreeSet<(Instant, u64)>>,
-    entries: RefCell<HashMap<u64, Entry>>,
+    entries: RefCell<IdMap<u64, Entry>>,
     next_seq: Cell<u64>,
     /// Cached earliest deadline, so the loop's per-iteration check is one comparison.
     next_deadline: Cell<Option<Instant>>,
@@ -67,14 +68,19 @@ impl Timers {
         true
     }
 
-    fn set_waker(&self, id: TimerId, waker: &Waker) {
-        if let Some(e) = self.entries.borrow_mut().get_mut(&id.0) {
-            if let Action::Wake(w) = &mut e.action {
-                if !w.will_wake(waker) {
-                    *w = waker.clone();
-                }
+    /// Point a pending sleep's timer at `waker`; false if the timer is no longer pending
+    /// (it fired).
+    fn set_waker(&self, id: TimerId, waker: &Waker) -> bool {
+        let mut entries = self.entries.borrow_mut();
+        let Some(e) = entries.get_mut(&id.0) else {
+            return false;
+        };
+        if let Action::Wake(w) = &mut e.action {
+            if !w.will_wake(waker) {
+                *w = waker.clone();
             }
         }
+        true
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
@@ -178,7 +184,10 @@ pub fn cancel(id: TimerId) -> bool {
 #[must_use = "futures do nothing unless polled"]
 pub struct Sleep {
     deadline: Instant,
+    /// The pending timer, once first polled.
     id: Option<TimerId>,
+    /// Completed (a poll after that stays complete).
+    fired: bool,
 }
 
 /// Sleep for `d` on the current core.
@@ -188,7 +197,11 @@ pub fn sleep(d: Duration) -> Sleep {
 
 /// Sleep until `deadline` on the current core.
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    Sleep { deadline, id: None }
+    Sleep {
+        deadline,
+        id: None,
+        fired: false,
+    }
 }
 
 impl Sleep {
@@ -198,26 +211,37 @@ impl Sleep {
     }
 }
 
+/// A registered sleep is pending exactly as long as its timer is: the core's loop fires it
+/// (phase 1, with the loop's clock reading) and wakes the task, and only then does the sleep
+/// complete. A re-poll therefore reads no clock; a sleep raced against busy futures (a
+/// session's idle watchdog and keepalive tick are polled on every wake-up of its task) costs
+/// one table lookup per poll.
 impl Future for Sleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
-            if let Some(id) = self.id.take() {
-                with_timers("Sleep", |t| t.cancel(id));
-            }
-            return Poll::Ready(());
-        }
-        let deadline = self.deadline;
         match self.id {
-            Some(id) => with_timers("Sleep", |t| t.set_waker(id, cx.waker())),
+            Some(id) => {
+                if with_timers("Sleep", |t| t.set_waker(id, cx.waker())) {
+                    Poll::Pending
+                } else {
+                    self.id = None;
+                    self.fired = true;
+                    Poll::Ready(())
+                }
+            }
+            None if self.fired || Instant::now() >= self.deadline => {
+                self.fired = true;
+                Poll::Ready(())
+            }
             None => {
+                let deadline = self.deadline;
                 let id = with_timers("Sleep", |t| {
                     t.insert(deadline, Action::Wake(cx.waker().clone()))
                 });
                 self.id = Some(id);
+                Poll::Pending
             }
         }
-        Poll::Pending
     }
 }
 

@@ -92,3 +92,48 @@ fn sleep_and_timeout() {
     assert_eq!(r.2, Ok(7));
     rt.shutdown().unwrap();
 }
+
+/// A sleep raced against a busy future (as a session's idle watchdog is against its reader)
+/// is polled on every wake-up of the task: it stays pending until its deadline however often
+/// it is polled, then completes, and stays complete when polled again.
+#[test]
+fn a_sleep_polled_again_and_again_completes_at_its_deadline() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Poll;
+
+    let rt = common::rt();
+    let r = rt
+        .block_on(rt.spawn_on(0, || async {
+            let t0 = Instant::now();
+            let mut sleep = pin!(timer::sleep(Duration::from_millis(20)));
+            let mut polls = 0u64;
+            // Poll, yield (waking ourselves, so the task runs again next loop turn), repeat.
+            let done_after = std::future::poll_fn(|cx| {
+                polls += 1;
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(t0.elapsed()),
+                    Poll::Pending => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+            let again = std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await;
+            (done_after, polls, again)
+        }))
+        .unwrap();
+    assert!(
+        r.0 >= Duration::from_millis(20),
+        "completed early: {:?}",
+        r.0
+    );
+    assert!(r.1 > 10, "the sleep was polled only {} times", r.1);
+    assert_eq!(
+        r.2,
+        Poll::Ready(()),
+        "a completed sleep polled again must stay complete"
+    );
+    rt.shutdown().unwrap();
+}
