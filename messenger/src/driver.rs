@@ -36,7 +36,7 @@ use futures_lite::future::or;
 use crate::connection::{ConnKind, PeerAddr};
 use crate::error::{MessengerError, Result};
 use crate::io::{run_session, FrameReader};
-use crate::messenger::Shared;
+use crate::messenger::{HandshakeGauge, Shared};
 use crate::protocol::handshake::{
     self, send_frame, send_last_frame, Accepted, ClientHello, ServerReply,
 };
@@ -449,6 +449,7 @@ fn incoming_key(seen: &Address, acc: &Accepted) -> PeerAddr {
 /// Server handshake up to CLIENT_IDENT / SESSION_RECONNECT here, then on the owning core.
 async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
     let m = cs.msgr.clone();
+    let gauge = HandshakeGauge::new(&m);
     let peer = ep.peer_addr().clone();
     let mut rd = FrameReader::new(&m, peer.clone());
     let deadline = Instant::now() + m.ready_timeout;
@@ -484,6 +485,7 @@ async fn accept_one(cs: Rc<CoreState>, ep: AnyEndpoint) {
     let m2 = m.clone();
     m.handle
         .spawn_on(core, move || async move {
+            let _gauge = gauge;
             let Some(cs) = core_state(&m2) else { return };
             match xfer.attach() {
                 Ok(ep) => on_owning_core(cs, key, ep, rd, acc, deadline).await,

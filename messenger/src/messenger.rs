@@ -181,6 +181,28 @@ pub(crate) struct SessionCounters {
     pub(crate) remote_resets: AtomicU64,
     pub(crate) standby_reconnects: AtomicU64,
     pub(crate) out_queue_drops: AtomicU64,
+    /// Gauge: connections registered on the cores.
+    pub(crate) connections: AtomicU64,
+    /// Gauge: accepted transports whose handshake has not yet reached a connection.
+    pub(crate) handshakes: AtomicU64,
+}
+
+/// Counts one accepted transport in [`MessengerCounters::handshakes_in_progress`] while it
+/// lives: from the accept until it is attached to a connection or dropped (on whichever core
+/// it moved to).
+pub(crate) struct HandshakeGauge(Arc<Shared>);
+
+impl HandshakeGauge {
+    pub(crate) fn new(m: &Arc<Shared>) -> Self {
+        m.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        HandshakeGauge(m.clone())
+    }
+}
+
+impl Drop for HandshakeGauge {
+    fn drop(&mut self) {
+        self.0.counters.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of a messenger's session counters ([`Messenger::counters`]).
@@ -211,6 +233,13 @@ pub struct MessengerCounters {
     /// [`DispatchMode::Central`]: messages and events waiting for the `ms_dispatch` thread
     /// now (a gauge; the dispatch throttle bounds the messages' bytes).
     pub central_queued: u64,
+    /// Connections alive now on all cores (a gauge, Ceph's `msgr_active_connections`):
+    /// established sessions, our own connections being opened or in standby, and lossless
+    /// server sides kept for the peer's reconnect. A closed connection leaves it.
+    pub active_connections: u64,
+    /// Accepted transports still in the server handshake now (a gauge), including those
+    /// moving to the core that owns their peer. Each ends as a connection or closed.
+    pub handshakes_in_progress: u64,
 }
 
 /// Builds a [`Messenger`]; see [`Messenger::builder`].
@@ -471,6 +500,8 @@ impl Messenger {
             central_dispatched: central.0,
             dispatcher_panics: central.1,
             central_queued: central.2,
+            active_connections: get(&c.connections),
+            handshakes_in_progress: get(&c.handshakes),
         }
     }
 

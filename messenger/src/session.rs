@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use corewire_runtime::{debug_assert_on_core, spawn_local};
@@ -222,7 +223,14 @@ impl CoreState {
             throttle: self.budget.clone(),
             cref,
         });
-        self.conns.borrow_mut().insert(conn.cref.id(), conn.clone());
+        if self
+            .conns
+            .borrow_mut()
+            .insert(conn.cref.id(), conn.clone())
+            .is_none()
+        {
+            m.counters.connections.fetch_add(1, Ordering::Relaxed);
+        }
         self.by_peer.borrow_mut().insert(peer, conn.cref.id());
         let (cs, c) = (self.clone(), conn.clone());
         let task = async move {
@@ -243,7 +251,12 @@ impl CoreState {
 
     pub(crate) fn remove(&self, conn: &Conn) {
         let id = conn.cref.id();
-        self.conns.borrow_mut().remove(&id);
+        if self.conns.borrow_mut().remove(&id).is_some() {
+            self.msgr
+                .counters
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         let mut by_peer = self.by_peer.borrow_mut();
         if by_peer.get(conn.cref.peer()) == Some(&id) {
             by_peer.remove(conn.cref.peer());

@@ -25,10 +25,12 @@ pub mod central;
 pub mod lossless;
 pub mod outq;
 pub mod raw;
+pub mod vanishing;
 pub use bad_session::*;
 pub use central::*;
 pub use lossless::*;
 pub use outq::*;
+pub use vanishing::*;
 
 pub trait Harness: Clone + Send + Sync + 'static {
     fn kind(&self) -> TransportKind;
@@ -851,6 +853,7 @@ macro_rules! messenger_tests {
             frames_out_of_order_are_a_typed_error,
             lossy_peer_drop_reports_reset,
             both_sides_closing_at_once_under_load,
+            vanishing_clients_leave_nothing_behind,
             lossless_session_survives_injected_faults,
             dense_faults_hit_every_handshake_step,
             million_messages_lossless_with_faults,
