@@ -31,14 +31,34 @@ const BATCH_BYTES: usize = 1 << 20;
 pub(crate) struct LocalNotify {
     set: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    /// Inside [`Self::deferring`]: notifications only set the flag.
+    deferring: Cell<bool>,
 }
 
 impl LocalNotify {
     pub(crate) fn notify(&self) {
         self.set.set(true);
+        if self.deferring.get() {
+            return;
+        }
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
+    }
+
+    /// Run `f` with notifications reduced to setting the flag, for a caller that polls the
+    /// waiter itself right after, in the same poll of the same task: the session's reader,
+    /// whose frames (and the sends its dispatchers make) notify the writer polled next. A
+    /// wake-up there would only poll the running task once more for nothing.
+    pub(crate) fn deferring<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Reset<'a>(&'a Cell<bool>, bool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _reset = Reset(&self.deferring, self.deferring.replace(true));
+        f()
     }
 
     /// Forget a pending notification.
@@ -52,7 +72,10 @@ impl LocalNotify {
             if self.set.replace(false) {
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                let mut w = self.waker.borrow_mut();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -210,7 +233,10 @@ pub(crate) async fn run_session(
                 }
                 _ => Hold::default(),
             };
-            handle_frame(conn, &peer, frame, hold)?;
+            // The writer is polled right after this reader, in the same poll of this task
+            // (`or` below): what the frame queues needs no wake-up of the task.
+            conn.wake
+                .deferring(|| handle_frame(conn, &peer, frame, hold))?;
         }
     };
     let write_loop = async {
@@ -246,6 +272,8 @@ pub(crate) async fn run_session(
     if conn.out.borrow().has_work() {
         conn.wake.notify();
     }
+    // Order matters: the writer is polled after the reader in every poll (`or` polls its
+    // first future first), which is what lets the reader defer its wake-ups of the writer.
     or(read, or(write_loop, or(tick, idle))).await
 }
 
