@@ -67,7 +67,14 @@ impl Budget {
     }
 
     /// Wait until a message of `bytes` fits, then take its share.
+    ///
+    /// A message without payload under a budget with no message limit takes nothing (as
+    /// Ceph's ProtocolV2 takes no dispatch throttle for a message of size 0): it could never
+    /// be held back, and the share's allocation and counter updates would be its whole cost.
     pub(crate) async fn acquire(self: &Arc<Self>, bytes: usize) -> Hold {
+        if bytes == 0 && self.limits.messages == 0 {
+            return Hold::default();
+        }
         poll_fn(|cx| {
             if self.fits(bytes) {
                 return Poll::Ready(());
@@ -173,5 +180,24 @@ mod tests {
         // An oversized message fits an empty budget.
         let _big = futures_lite::future::block_on(b.acquire(1000));
         assert_eq!(b.held(), (1, 1000));
+    }
+
+    #[test]
+    fn empty_messages_take_a_share_only_under_a_message_limit() {
+        let bytes_only = Budget::new(ThrottleLimits {
+            messages: 0,
+            bytes: 100,
+        });
+        let h = futures_lite::future::block_on(bytes_only.acquire(0));
+        assert!(!h.is_held());
+        assert_eq!(bytes_only.held(), (0, 0));
+        let counted = Budget::new(ThrottleLimits {
+            messages: 1,
+            bytes: 0,
+        });
+        let h = futures_lite::future::block_on(counted.acquire(0));
+        assert!(h.is_held());
+        assert_eq!(counted.held(), (1, 0));
+        assert!(!counted.fits(0), "the message limit counts empty messages");
     }
 }
