@@ -166,12 +166,12 @@ impl FrameReader {
         watch: Option<&RxWatch>,
     ) -> Result<Frame> {
         loop {
-            match self.dec.next_frame() {
+            match self.dec.next_segments() {
                 Ok(Some((tag, segs))) => {
                     if self.faults.active() {
                         self.faults.check(&self.peer, Direction::Rx, tag)?;
                     }
-                    return Frame::decode_owned(tag, segs)
+                    return Frame::decode_segments(tag, segs)
                         .map_err(|e| MessengerError::wire(&self.peer, during, e));
                 }
                 Ok(None) => self.recv_more(ep, during, watch).await?,

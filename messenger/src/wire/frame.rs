@@ -345,6 +345,47 @@ fn segment_crc(data: &[u8]) -> u32 {
     ceph_crc32c(u32::MAX, data)
 }
 
+/// The segments of one received frame (one to four), held inline: the decoder's hot path
+/// allocates no vector per frame. Dereferences to the slice of the segments present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segments {
+    segs: [Bytes; MAX_NUM_SEGMENTS],
+    len: usize,
+}
+
+impl Segments {
+    fn one(seg: Bytes) -> Self {
+        let mut s = Segments::default();
+        s.push(seg);
+        s
+    }
+
+    fn push(&mut self, seg: Bytes) {
+        self.segs[self.len] = seg;
+        self.len += 1;
+    }
+
+    /// The segments as a vector.
+    pub fn into_vec(self) -> Vec<Bytes> {
+        self.into_iter().collect()
+    }
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [Bytes];
+    fn deref(&self) -> &[Bytes] {
+        &self.segs[..self.len]
+    }
+}
+
+impl IntoIterator for Segments {
+    type Item = Bytes;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Bytes, MAX_NUM_SEGMENTS>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.segs.into_iter().take(self.len)
+    }
+}
+
 /// One segment descriptor of a preamble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SegmentDesc {
@@ -507,7 +548,7 @@ impl FrameAssembler {
         }
         if n > 1 {
             let rest = &rest[..n - 1];
-            rest.iter().for_each(|s| out.push((*s).clone()));
+            rest.iter().for_each(|s| out.push_ref(s));
             out.put_slice(&Self::epilogue(rest));
         }
         Ok(())
@@ -744,6 +785,13 @@ impl FrameDecoder {
     /// The next complete frame as its tag and segments (empty segments included up to the
     /// frame's segment count), `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> WireResult<Option<(Tag, Vec<Bytes>)>> {
+        Ok(self
+            .next_segments()?
+            .map(|(tag, segs)| (tag, segs.into_vec())))
+    }
+
+    /// As [`FrameDecoder::next_frame`], the segments held inline (the reader's path).
+    pub fn next_segments(&mut self) -> WireResult<Option<(Tag, Segments)>> {
         if let State::Failed(e) = &self.state {
             return Err(WireError::Poisoned(Box::new(e.clone())));
         }
@@ -756,7 +804,7 @@ impl FrameDecoder {
         }
     }
 
-    fn step(&mut self) -> WireResult<Option<(Tag, Vec<Bytes>)>> {
+    fn step(&mut self) -> WireResult<Option<(Tag, Segments)>> {
         loop {
             match std::mem::replace(&mut self.state, State::Preamble) {
                 State::Preamble => {
@@ -799,7 +847,7 @@ impl FrameDecoder {
                         seg
                     };
                     if p.num_segments == 1 {
-                        return Ok(Some((p.tag, vec![seg0])));
+                        return Ok(Some((p.tag, Segments::one(seg0))));
                     }
                     self.state = State::Rest(p, seg0);
                 }
@@ -808,8 +856,7 @@ impl FrameDecoder {
                         self.state = State::Rest(p, seg0);
                         return Ok(None);
                     }
-                    let mut segs = Vec::with_capacity(p.num_segments as usize);
-                    segs.push(seg0);
+                    let mut segs = Segments::one(seg0);
                     for s in &p.used()[1..] {
                         segs.push(self.take(s.len as usize));
                     }

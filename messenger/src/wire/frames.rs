@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::codec::{Decode, Decoder, Encode, Encoder, UTime};
 use super::error::{WireError, WireResult};
-use super::frame::{FrameAssembler, Tag};
+use super::frame::{FrameAssembler, Segments, Tag};
 use super::gather::Gather;
 use super::types::{EntityAddr, EntityAddrVec, EntityType};
 
@@ -356,10 +356,21 @@ impl MessageFrame {
     /// As [`MessageFrame::from_segments`], taking the segments (the reader's path: the
     /// payloads move into the message, no reference count touched).
     pub fn from_segment_vec(segments: Vec<Bytes>) -> WireResult<Self> {
-        if segments.is_empty() || segments.len() > 4 {
-            return Err(WireError::TooManySegments {
-                count: segments.len(),
-            });
+        let count = segments.len();
+        Self::from_segment_iter(count, segments)
+    }
+
+    /// As [`MessageFrame::from_segment_vec`], from a decoder's inline [`Segments`].
+    pub fn from_owned_segments(segments: Segments) -> WireResult<Self> {
+        Self::from_segment_iter(segments.len(), segments)
+    }
+
+    fn from_segment_iter(
+        count: usize,
+        segments: impl IntoIterator<Item = Bytes>,
+    ) -> WireResult<Self> {
+        if count == 0 || count > 4 {
+            return Err(WireError::TooManySegments { count });
         }
         let mut it = segments.into_iter();
         let hdr = it.next().unwrap_or_default();
@@ -450,6 +461,15 @@ macro_rules! frame_dispatch {
             pub fn decode_owned(tag: Tag, segments: Vec<Bytes>) -> WireResult<Self> {
                 match tag {
                     Tag::Message => Ok(Frame::Message(MessageFrame::from_segment_vec(segments)?)),
+                    _ => Self::decode(tag, &segments),
+                }
+            }
+
+            /// As [`Frame::decode_owned`], from a decoder's inline [`Segments`] (the reader's
+            /// path: no vector per frame).
+            pub fn decode_segments(tag: Tag, segments: Segments) -> WireResult<Self> {
+                match tag {
+                    Tag::Message => Ok(Frame::Message(MessageFrame::from_owned_segments(segments)?)),
                     _ => Self::decode(tag, &segments),
                 }
             }

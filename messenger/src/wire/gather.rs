@@ -61,6 +61,18 @@ impl Gather {
         }
     }
 
+    /// As [`Self::push`] for a borrowed buffer: cloned (a reference count) only when it goes
+    /// by reference, not when it is copied into the run.
+    pub fn push_ref(&mut self, b: &Bytes) {
+        if b.len() <= self.copy_max {
+            if !b.is_empty() {
+                self.put_slice(b);
+            }
+        } else {
+            self.push(b.clone());
+        }
+    }
+
     /// Append a copy of `b` to the open run.
     pub fn put_slice(&mut self, b: &[u8]) {
         self.room(b.len()).extend_from_slice(b);
@@ -141,6 +153,22 @@ mod tests {
         want.extend([9u8; 8192]);
         want.extend(b"epilogue");
         assert_eq!(concat(&bufs), want);
+        // push_ref: the same buffers, borrowed.
+        let mut r = Gather::new(4096);
+        for b in [
+            Bytes::from_static(b"pre"),
+            Bytes::new(),
+            Bytes::from(vec![1u8; 4096]),
+            big.clone(),
+            Bytes::from_static(b"epi"),
+            Bytes::from_static(b"logue"),
+        ] {
+            r.push_ref(&b);
+        }
+        let rbufs = r.finish();
+        assert_eq!(rbufs.len(), 3);
+        assert_eq!(rbufs[1].as_ptr(), big.as_ptr());
+        assert_eq!(concat(&rbufs), want);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod types;
 pub use codec::{CephTimespec, Decode, Decoder, Encode, Encoder, UTime};
 pub use error::{WireError, WireResult};
 pub use frame::{
-    ceph_crc32c, Banner, FrameAssembler, FrameDecoder, Preamble, SegmentDesc, Tag,
+    ceph_crc32c, Banner, FrameAssembler, FrameDecoder, Preamble, SegmentDesc, Segments, Tag,
     DEFAULT_MAX_SEGMENT_LEN, MSGR2_FEATURE_COMPRESSION, MSGR2_FEATURE_REVISION_1,
     MSGR2_REQUIRED_FEATURES, MSGR2_SUPPORTED_FEATURES,
 };
