@@ -95,6 +95,10 @@ pub struct QueueStats {
 /// messages until the peer acks them (`sent`), ready for replay after a reconnect: a fault
 /// moves them to `replay` ([`OutQueue::requeue_sent`]), which is written first, with the same
 /// seqs, once the peer said (RECONNECT / RECONNECT_OK `msg_seq`) which ones it already has.
+/// Priorities whose emptied queues [`OutQueue::pop`] keeps for reuse (Ceph uses a handful:
+/// `CEPH_MSG_PRIO_LOW` .. `_HIGHEST`).
+const KEPT_PRIORITY_QUEUES: usize = 8;
+
 /// `held_*` count every message in `by_prio`, `replay` and `sent`.
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -150,11 +154,20 @@ impl OutQueue {
     }
 
     /// The next message to write: highest priority, oldest first.
+    ///
+    /// A priority's queue that empties stays in the map, so the next burst at that priority
+    /// reuses its storage instead of allocating a map node and a queue again (and growing it)
+    /// per batch; once more than [`KEPT_PRIORITY_QUEUES`] priorities have queues, emptied
+    /// ones are removed, so many distinct priorities cost neither memory nor scans.
     pub fn pop(&mut self) -> Option<Message> {
-        let mut e = self.by_prio.last_entry()?;
-        let m = e.get_mut().pop_front();
-        if e.get().is_empty() {
-            e.remove();
+        if self.len == 0 {
+            return None;
+        }
+        let many = self.by_prio.len() > KEPT_PRIORITY_QUEUES;
+        let (&prio, q) = self.by_prio.iter_mut().rev().find(|(_, q)| !q.is_empty())?;
+        let m = q.pop_front();
+        if many && q.is_empty() {
+            self.by_prio.remove(&prio);
         }
         self.len -= m.is_some() as usize;
         m
@@ -342,6 +355,29 @@ mod tests {
         }
         let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| m.tid).collect();
         assert_eq!(order, [2, 4, 5, 1, 3]);
+        // Emptied queues stay for reuse and do not disturb the order of later bursts.
+        for (tid, prio) in [(6, 10), (7, 127), (8, 10), (9, 300)] {
+            q.push(Message::new(1).with_priority(prio).with_tid(tid));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| m.tid).collect();
+        assert_eq!(order, [9, 7, 6, 8]);
+        assert!(q.pop().is_none() && q.is_empty());
+    }
+
+    /// Many distinct priorities: emptied queues beyond the kept few are removed.
+    #[test]
+    fn many_priorities_leave_few_queues_behind() {
+        let mut q = OutQueue::new(true);
+        for p in 0..1000u16 {
+            q.push(Message::new(1).with_priority(p).with_tid(u64::from(p)));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| m.tid).collect();
+        assert_eq!(order, (0..1000u64).rev().collect::<Vec<_>>());
+        assert!(
+            q.by_prio.len() <= KEPT_PRIORITY_QUEUES + 1,
+            "{}",
+            q.by_prio.len()
+        );
     }
 
     #[test]
