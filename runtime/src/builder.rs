@@ -25,8 +25,8 @@ pub struct Config {
     pub task_budget: usize,
     /// Most external (cross-core) closures run per iteration. Default: 256.
     pub event_budget: usize,
-    /// Slots (64 bytes each) in each core-to-core ring; a full ring spills into the sender's
-    /// local FIFO. Default: 256.
+    /// Slots (64 bytes each) in each core-to-core ring, rounded up to a power of two; a full
+    /// ring spills into the sender's local FIFO. Default: 256.
     pub cross_core_queue_depth: usize,
     /// Pin each core's thread to its CPU. Default: true.
     pub pin: bool,
@@ -110,7 +110,7 @@ impl RuntimeBuilder {
         self.config.event_budget = n;
         self
     }
-    /// Slots in each core-to-core ring.
+    /// Slots in each core-to-core ring (rounded up to a power of two).
     pub fn cross_core_queue_depth(mut self, n: usize) -> Self {
         self.config.cross_core_queue_depth = n;
         self

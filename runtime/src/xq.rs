@@ -31,6 +31,9 @@ pub(crate) struct SpscRing<T> {
     tail: CachePadded<AtomicU64>,
     /// Consumer position (written by the consumer, or by the drainer after close).
     head: CachePadded<AtomicU64>,
+    /// `slots.len() - 1`: the capacity is a power of two, so a position's slot is a mask,
+    /// not a 64-bit division on every poll.
+    mask: u64,
     draining: AtomicBool,
 }
 
@@ -42,9 +45,11 @@ unsafe impl<T: Send> Send for SpscRing<T> {}
 unsafe impl<T: Send> Sync for SpscRing<T> {}
 
 impl<T> SpscRing<T> {
+    /// A ring of at least `capacity` slots (rounded up to a power of two).
     pub(crate) fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
+        let capacity = capacity.max(1).next_power_of_two();
         SpscRing {
+            mask: capacity as u64 - 1,
             slots: (0..capacity)
                 .map(|i| {
                     CachePadded::new(Slot {
@@ -60,7 +65,7 @@ impl<T> SpscRing<T> {
     }
 
     fn slot(&self, pos: u64) -> &Slot<T> {
-        &self.slots[(pos % self.slots.len() as u64) as usize]
+        &self.slots[(pos & self.mask) as usize]
     }
 
     /// Push; gives the value back when the ring is full. Producer only.
