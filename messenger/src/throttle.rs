@@ -55,15 +55,25 @@ impl Budget {
     /// Whether a message of `bytes` fits now. One message always fits into an empty budget,
     /// however large (as Ceph's `Throttle::get`), so nothing waits forever.
     fn fits(&self, bytes: usize) -> bool {
-        let (m, b) = (
-            self.messages.load(Ordering::SeqCst),
-            self.bytes.load(Ordering::SeqCst),
-        );
+        let b = self.bytes.load(Ordering::SeqCst);
+        // Without a message limit only bytes are counted, and only messages with a payload
+        // take a share: the budget is empty exactly when no byte is held.
+        let m = if self.counts_messages() {
+            self.messages.load(Ordering::SeqCst)
+        } else {
+            usize::from(b > 0)
+        };
         if m == 0 {
             return true;
         }
         let l = &self.limits;
         (l.messages == 0 || m < l.messages) && (l.bytes == 0 || b + bytes <= l.bytes)
+    }
+
+    /// Whether held messages are counted (only under a message limit: otherwise the count
+    /// would cost two locked instructions per message and limit nothing).
+    fn counts_messages(&self) -> bool {
+        self.limits.messages != 0
     }
 
     /// Wait until a message of `bytes` fits, then take its share.
@@ -90,7 +100,9 @@ impl Budget {
             }
         })
         .await;
-        self.messages.fetch_add(1, Ordering::AcqRel);
+        if self.counts_messages() {
+            self.messages.fetch_add(1, Ordering::AcqRel);
+        }
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
         Hold(Some(Arc::new(Share {
             budget: self.clone(),
@@ -99,7 +111,9 @@ impl Budget {
     }
 
     fn release(&self, bytes: usize) {
-        self.messages.fetch_sub(1, Ordering::SeqCst);
+        if self.counts_messages() {
+            self.messages.fetch_sub(1, Ordering::SeqCst);
+        }
         self.bytes.fetch_sub(bytes, Ordering::SeqCst);
         // Pairs with `acquire`'s flag store then re-check (both SeqCst): either it sees this
         // release or this sees its flag. The plain load first keeps the usual case (nobody
@@ -180,6 +194,29 @@ mod tests {
         // An oversized message fits an empty budget.
         let _big = futures_lite::future::block_on(b.acquire(1000));
         assert_eq!(b.held(), (1, 1000));
+    }
+
+    #[test]
+    fn a_bytes_only_budget_counts_bytes_and_knows_when_it_is_empty() {
+        let b = Budget::new(ThrottleLimits {
+            messages: 0,
+            bytes: 100,
+        });
+        let h1 = futures_lite::future::block_on(b.acquire(60));
+        assert!(b.fits(40) && !b.fits(41));
+        let h2 = futures_lite::future::block_on(b.acquire(40));
+        assert!(!b.fits(1));
+        assert_eq!(
+            b.held(),
+            (0, 100),
+            "messages are not counted without a message limit"
+        );
+        drop(h1);
+        drop(h2);
+        // Empty again: an oversized message fits, and then nothing more does.
+        assert!(b.fits(1000));
+        let _big = futures_lite::future::block_on(b.acquire(1000));
+        assert!(!b.fits(1));
     }
 
     #[test]
