@@ -82,7 +82,7 @@ impl Budget {
     /// Ceph's ProtocolV2 takes no dispatch throttle for a message of size 0): it could never
     /// be held back, and the share's allocation and counter updates would be its whole cost.
     pub(crate) async fn acquire(self: &Arc<Self>, bytes: usize) -> Hold {
-        if bytes == 0 && self.limits.messages == 0 {
+        if bytes == 0 && !self.counts_messages() {
             return Hold::default();
         }
         poll_fn(|cx| {

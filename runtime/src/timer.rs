@@ -186,8 +186,6 @@ pub struct Sleep {
     deadline: Instant,
     /// The pending timer, once first polled.
     id: Option<TimerId>,
-    /// Completed (a poll after that stays complete).
-    fired: bool,
 }
 
 /// Sleep for `d` on the current core.
@@ -197,11 +195,7 @@ pub fn sleep(d: Duration) -> Sleep {
 
 /// Sleep until `deadline` on the current core.
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    Sleep {
-        deadline,
-        id: None,
-        fired: false,
-    }
+    Sleep { deadline, id: None }
 }
 
 impl Sleep {
@@ -224,15 +218,13 @@ impl Future for Sleep {
                 if with_timers("Sleep", |t| t.set_waker(id, cx.waker())) {
                     Poll::Pending
                 } else {
+                    // Fired: the loop's clock had passed the deadline, so a later poll
+                    // finds it passed too.
                     self.id = None;
-                    self.fired = true;
                     Poll::Ready(())
                 }
             }
-            None if self.fired || Instant::now() >= self.deadline => {
-                self.fired = true;
-                Poll::Ready(())
-            }
+            None if Instant::now() >= self.deadline => Poll::Ready(()),
             None => {
                 let deadline = self.deadline;
                 let id = with_timers("Sleep", |t| {

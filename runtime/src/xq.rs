@@ -31,9 +31,6 @@ pub(crate) struct SpscRing<T> {
     tail: CachePadded<AtomicU64>,
     /// Consumer position (written by the consumer, or by the drainer after close).
     head: CachePadded<AtomicU64>,
-    /// `slots.len() - 1`: the capacity is a power of two, so a position's slot is a mask,
-    /// not a 64-bit division on every poll.
-    mask: u64,
     draining: AtomicBool,
 }
 
@@ -49,7 +46,6 @@ impl<T> SpscRing<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1).next_power_of_two();
         SpscRing {
-            mask: capacity as u64 - 1,
             slots: (0..capacity)
                 .map(|i| {
                     CachePadded::new(Slot {
@@ -64,8 +60,10 @@ impl<T> SpscRing<T> {
         }
     }
 
+    /// The slot of `pos`: the capacity is a power of two, so a mask, not a 64-bit division
+    /// on every poll.
     fn slot(&self, pos: u64) -> &Slot<T> {
-        &self.slots[(pos & self.mask) as usize]
+        &self.slots[(pos & (self.slots.len() as u64 - 1)) as usize]
     }
 
     /// Push; gives the value back when the ring is full. Producer only.

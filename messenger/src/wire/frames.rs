@@ -350,17 +350,11 @@ impl MessageFrame {
 
     /// Builds a message from received segments; absent trailing segments are empty.
     pub fn from_segments(segments: &[Bytes]) -> WireResult<Self> {
-        Self::from_segment_vec(segments.to_vec())
+        Self::from_segment_iter(segments.len(), segments.iter().cloned())
     }
 
-    /// As [`MessageFrame::from_segments`], taking the segments (the reader's path: the
-    /// payloads move into the message, no reference count touched).
-    pub fn from_segment_vec(segments: Vec<Bytes>) -> WireResult<Self> {
-        let count = segments.len();
-        Self::from_segment_iter(count, segments)
-    }
-
-    /// As [`MessageFrame::from_segment_vec`], from a decoder's inline [`Segments`].
+    /// As [`MessageFrame::from_segments`], taking a decoder's inline [`Segments`] (the
+    /// reader's path: the payloads move into the message, no reference count touched).
     pub fn from_owned_segments(segments: Segments) -> WireResult<Self> {
         Self::from_segment_iter(segments.len(), segments)
     }
@@ -457,16 +451,8 @@ macro_rules! frame_dispatch {
                 })
             }
 
-            /// As [`Frame::decode`], taking the segments (a MESSAGE's payloads move).
-            pub fn decode_owned(tag: Tag, segments: Vec<Bytes>) -> WireResult<Self> {
-                match tag {
-                    Tag::Message => Ok(Frame::Message(MessageFrame::from_segment_vec(segments)?)),
-                    _ => Self::decode(tag, &segments),
-                }
-            }
-
-            /// As [`Frame::decode_owned`], from a decoder's inline [`Segments`] (the reader's
-            /// path: no vector per frame).
+            /// As [`Frame::decode`], taking a decoder's inline [`Segments`] (the reader's
+            /// path: a MESSAGE's payloads move, no vector per frame).
             pub fn decode_segments(tag: Tag, segments: Segments) -> WireResult<Self> {
                 match tag {
                     Tag::Message => Ok(Frame::Message(MessageFrame::from_owned_segments(segments)?)),
