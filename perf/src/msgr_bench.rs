@@ -9,6 +9,7 @@
 //! the server runs in the same process) and on the server (per-thread CPU of its core threads
 //! from `/proc/self/task/TID/schedstat`, in-process only), and each core's loop statistics.
 
+use std::collections::VecDeque;
 use std::io::{self, IsTerminal};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corewire_messenger::wire::{EntityName, EntityType};
 use corewire_messenger::{ConnectionRef, DispatchMode, Dispatcher, Message, Messenger};
-use corewire_runtime::idmap::IdMap;
 use corewire_runtime::{timer, CoreStats, Handle, Runtime};
 use corewire_transport::Address;
 use hdrhistogram::Histogram;
@@ -211,16 +211,46 @@ struct Ctl {
     measuring: AtomicBool,
     stop: AtomicBool,
     ops_limit: Option<u64>,
-    replies: AtomicU64,
     done: Mutex<(usize, Option<Instant>)>,
     done_cv: Condvar,
+}
+
+/// Requests in flight with their send times, in send order. A session delivers replies in
+/// the order of its requests, so the reply to the oldest request is at the front: one
+/// comparison per reply instead of a map's hash, probe and tombstone. A reply out of order
+/// (possible with a think time or several server cores) is found by a scan.
+struct InFlight(VecDeque<(u64, Instant)>);
+
+impl InFlight {
+    fn with_capacity(n: usize) -> InFlight {
+        InFlight(VecDeque::with_capacity(n))
+    }
+    fn push(&mut self, tid: u64, at: Instant) {
+        self.0.push_back((tid, at));
+    }
+    /// The send time of `tid`, removed; None for a tid not in flight.
+    fn take(&mut self, tid: u64) -> Option<Instant> {
+        match self.0.front() {
+            Some(&(t, at)) if t == tid => {
+                self.0.pop_front();
+                Some(at)
+            }
+            _ => {
+                let i = self.0.iter().position(|&(t, _)| t == tid)?;
+                self.0.remove(i).map(|(_, at)| at)
+            }
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 struct JobState {
     next_tid: u64,
     sent: u64,
-    /// Send time by tid (our own sequential ids: the runtime's multiply hash, not SipHash).
-    in_flight: IdMap<u64, Instant>,
+    /// Send time by tid, oldest first.
+    in_flight: InFlight,
     hist: Histogram<u64>,
     measured: u64,
     finished: bool,
@@ -233,6 +263,8 @@ struct Job {
     connected_cv: Condvar,
     data: Bytes,
     think: Duration,
+    /// Replies received (for the progress line).
+    replies: AtomicU64,
     st: Mutex<JobState>,
 }
 
@@ -246,7 +278,7 @@ impl Job {
         }
         st.next_tid += 1;
         st.sent += 1;
-        st.in_flight.insert(st.next_tid, now);
+        st.in_flight.push(st.next_tid, now);
         Some(Message::new(MSG_REQ).with_tid(st.next_tid).with_payload(
             Bytes::new(),
             Bytes::new(),
@@ -286,13 +318,16 @@ impl Dispatcher for Job {
         let now = Instant::now();
         let next = {
             let mut st = self.st.lock().expect("poison");
-            if let Some(at) = st.in_flight.remove(&msg.tid) {
+            if let Some(at) = st.in_flight.take(msg.tid) {
                 if self.ctl.measuring.load(Ordering::Relaxed) {
                     let _ = st.hist.record((now - at).as_nanos().max(1) as u64);
                     st.measured += 1;
                 }
             }
-            self.ctl.replies.fetch_add(1, Ordering::Relaxed);
+            // Only this job's dispatch (serialised by the lock) writes the counter; the
+            // progress line reads it. A plain load and store: no locked instruction per reply.
+            self.replies
+                .store(self.replies.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             // The reply's arrival is the next request's send time: one clock read each.
             let next = self.next_request(&mut st, now);
             if next.is_none() && st.in_flight.is_empty() {
@@ -512,7 +547,6 @@ pub fn run_client(
             StopAfter::Ops(n) => Some(n),
             StopAfter::Time { .. } => None,
         },
-        replies: AtomicU64::new(0),
         done: Mutex::new((0, None)),
         done_cv: Condvar::new(),
     });
@@ -532,10 +566,11 @@ pub fn run_client(
             connected_cv: Condvar::new(),
             data: data.clone(),
             think: cfg.think,
+            replies: AtomicU64::new(0),
             st: Mutex::new(JobState {
                 next_tid: 0,
                 sent: 0,
-                in_flight: IdMap::with_capacity_and_hasher(cfg.concurrency * 2, Default::default()),
+                in_flight: InFlight::with_capacity(cfg.concurrency),
                 hist: histogram(),
                 measured: 0,
                 finished: false,
@@ -602,7 +637,7 @@ pub fn run_client(
     let mut last = (Instant::now(), 0u64);
     let mut tick = |what: &str| {
         if let Some(pb) = &pb {
-            let n = ctl.replies.load(Ordering::Relaxed);
+            let n: u64 = jobs.iter().map(|j| j.replies.load(Ordering::Relaxed)).sum();
             let now = Instant::now();
             let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-9);
             last = (now, n);
@@ -769,4 +804,35 @@ pub fn run_in_process(
     down?;
     stopped?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_takes_in_order_out_of_order_and_refuses_unknown_tids() {
+        let t0 = Instant::now();
+        let at = |n: u64| t0 + Duration::from_micros(n);
+        let mut f = InFlight::with_capacity(4);
+        for tid in 1..=4 {
+            f.push(tid, at(tid));
+        }
+        assert_eq!(f.take(1), Some(at(1)));
+        assert_eq!(
+            f.take(3),
+            Some(at(3)),
+            "a reply out of order is found by the scan"
+        );
+        assert_eq!(
+            f.take(3),
+            None,
+            "a duplicated reply is not in flight any more"
+        );
+        assert_eq!(f.take(9), None, "an unknown tid");
+        assert_eq!(f.take(2), Some(at(2)));
+        assert!(!f.is_empty());
+        assert_eq!(f.take(4), Some(at(4)));
+        assert!(f.is_empty());
+    }
 }

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::crc_cache::payload_crc;
 use super::error::{WireError, WireResult};
 use super::gather::Gather;
 
@@ -341,7 +342,7 @@ mod small {
 }
 
 /// Ceph's crc over a segment: `bufferlist::crc32c(-1)`.
-fn segment_crc(data: &[u8]) -> u32 {
+pub(super) fn segment_crc(data: &[u8]) -> u32 {
     ceph_crc32c(u32::MAX, data)
 }
 
@@ -548,8 +549,20 @@ impl FrameAssembler {
         }
         if n > 1 {
             let rest = &rest[..n - 1];
+            // Whether a payload is shared is read before the gather takes its own reference
+            // to a large one: a payload the message holds alone bypasses the crc cache. The
+            // crcs come after the copies, which bring the bytes into the cache first.
+            let mut shared = [false; MAX_NUM_SEGMENTS - 1];
+            for (sh, s) in shared.iter_mut().zip(rest) {
+                *sh = !s.is_unique();
+            }
             rest.iter().for_each(|s| out.push_ref(s));
-            out.put_slice(&Self::epilogue(rest));
+            let mut i = 0;
+            let epilogue = Self::epilogue_with(rest, |s| {
+                i += 1;
+                payload_crc(s, shared[i - 1])
+            });
+            out.put_slice(&epilogue);
         }
         Ok(())
     }
@@ -583,10 +596,16 @@ impl FrameAssembler {
 
     /// The epilogue after segments 1.. (`rest`): complete, with each one's crc.
     fn epilogue<B: AsRef<[u8]>>(rest: &[B]) -> [u8; EPILOGUE_LEN] {
+        Self::epilogue_with(rest, |s| segment_crc(s.as_ref()))
+    }
+
+    /// As [`Self::epilogue`] with each segment's crc from `crc` (the writer's path takes
+    /// payload crcs through the per-core cache of [`super::crc_cache`]).
+    fn epilogue_with<B>(rest: &[B], mut crc: impl FnMut(&B) -> u32) -> [u8; EPILOGUE_LEN] {
         let mut epilogue = [0u8; EPILOGUE_LEN];
         epilogue[0] = LATE_STATUS_COMPLETE;
         for (i, s) in rest.iter().enumerate() {
-            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(s.as_ref()).to_le_bytes());
+            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&crc(s).to_le_bytes());
         }
         epilogue
     }
