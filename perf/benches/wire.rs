@@ -91,7 +91,7 @@ fn main() {
                 black_box(encode(black_box(&unique)));
             })),
             per_msg(measure("encode, payload shared (crc cached)", d, || {
-                // The sender keeps a reference (`data` stays shared), as a client sending one
+                // The sender keeps a reference (`shared` stays shared), as a client sending one
                 // buffer with every request or a primary replicating one write: the payload's
                 // crc comes from the per-core cache (`wire::crc_cache`).
                 black_box(encode(black_box(std::slice::from_ref(&shared))));

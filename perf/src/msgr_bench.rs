@@ -230,16 +230,8 @@ impl InFlight {
     }
     /// The send time of `tid`, removed; None for a tid not in flight.
     fn take(&mut self, tid: u64) -> Option<Instant> {
-        match self.0.front() {
-            Some(&(t, at)) if t == tid => {
-                self.0.pop_front();
-                Some(at)
-            }
-            _ => {
-                let i = self.0.iter().position(|&(t, _)| t == tid)?;
-                self.0.remove(i).map(|(_, at)| at)
-            }
-        }
+        let i = self.0.iter().position(|&(t, _)| t == tid)?;
+        self.0.remove(i).map(|(_, at)| at)
     }
     fn is_empty(&self) -> bool {
         self.0.is_empty()

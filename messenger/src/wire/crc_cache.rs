@@ -24,7 +24,7 @@
 //! - the entry keeps at most one payload of at most [`MAX_LEN`] bytes per thread alive until
 //!   the next miss on that thread.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use bytes::Bytes;
 
@@ -43,7 +43,11 @@ struct Entry {
 
 thread_local! {
     static ENTRY: RefCell<Option<Entry>> = const { RefCell::new(None) };
-    static HITS: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    static HITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Ceph's crc of segment `b` (`bufferlist::crc32c(-1)`), from this thread's entry when `b`
@@ -62,6 +66,7 @@ pub fn payload_crc(b: &Bytes, shared: bool) -> u32 {
             .as_ref()
             .filter(|x| x.payload.as_ptr() == b.as_ptr() && x.payload.len() == b.len())
         {
+            #[cfg(test)]
             HITS.with(|h| h.set(h.get() + 1));
             return hit.crc;
         }
@@ -74,13 +79,15 @@ pub fn payload_crc(b: &Bytes, shared: bool) -> u32 {
     })
 }
 
-/// Payload crcs this thread took from its entry (tests and benchmarks).
-pub fn hits() -> u64 {
-    HITS.with(Cell::get)
+/// Payload crcs this thread took from its entry.
+#[cfg(test)]
+fn hits() -> u64 {
+    HITS.with(std::cell::Cell::get)
 }
 
 /// Drop this thread's entry (and the reference it holds).
-pub fn clear() {
+#[cfg(test)]
+fn clear() {
     ENTRY.with(|e| {
         if let Ok(mut e) = e.try_borrow_mut() {
             *e = None;

@@ -557,12 +557,8 @@ impl FrameAssembler {
                 *sh = !s.is_unique();
             }
             rest.iter().for_each(|s| out.push_ref(s));
-            let mut i = 0;
-            let epilogue = Self::epilogue_with(rest, |s| {
-                i += 1;
-                payload_crc(s, shared[i - 1])
-            });
-            out.put_slice(&epilogue);
+            let crcs = rest.iter().zip(shared).map(|(s, sh)| payload_crc(s, sh));
+            out.put_slice(&Self::epilogue_of(crcs));
         }
         Ok(())
     }
@@ -596,16 +592,16 @@ impl FrameAssembler {
 
     /// The epilogue after segments 1.. (`rest`): complete, with each one's crc.
     fn epilogue<B: AsRef<[u8]>>(rest: &[B]) -> [u8; EPILOGUE_LEN] {
-        Self::epilogue_with(rest, |s| segment_crc(s.as_ref()))
+        Self::epilogue_of(rest.iter().map(|s| segment_crc(s.as_ref())))
     }
 
-    /// As [`Self::epilogue`] with each segment's crc from `crc` (the writer's path takes
-    /// payload crcs through the per-core cache of [`super::crc_cache`]).
-    fn epilogue_with<B>(rest: &[B], mut crc: impl FnMut(&B) -> u32) -> [u8; EPILOGUE_LEN] {
+    /// The complete epilogue of segments 1.. whose crcs are `crcs`, in order (the writer's
+    /// path takes payload crcs through the per-core cache of [`super::crc_cache`]).
+    fn epilogue_of(crcs: impl Iterator<Item = u32>) -> [u8; EPILOGUE_LEN] {
         let mut epilogue = [0u8; EPILOGUE_LEN];
         epilogue[0] = LATE_STATUS_COMPLETE;
-        for (i, s) in rest.iter().enumerate() {
-            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&crc(s).to_le_bytes());
+        for (i, crc) in crcs.enumerate() {
+            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&crc.to_le_bytes());
         }
         epilogue
     }

@@ -211,6 +211,17 @@ pub struct Pair {
     pub addr: Address,
 }
 
+/// A client messenger (`client.id`) over `h`'s transport, started, with no dispatcher.
+pub fn started_client<H: Harness>(rt: &Runtime, h: &H, id: i64) -> Messenger {
+    let client = Messenger::builder(EntityName::new(EntityType::Client, id))
+        .transport(h.kind())
+        .handle(rt.handle())
+        .build()
+        .unwrap();
+    client.start().unwrap();
+    client
+}
+
 pub fn server<H: Harness>(
     rt: &Runtime,
     h: &H,
@@ -376,12 +387,7 @@ pub fn first_dispatcher_to_claim_wins<H: Harness>(h: H) {
     let head = Recorder::with(Some(vec![10]), vec![]);
     let tail = Recorder::new();
     let (server, addr) = server(&rt, &h, vec![head.clone(), tail.clone()], limit());
-    let client = Messenger::builder(EntityName::new(EntityType::Client, 1))
-        .transport(h.kind())
-        .handle(rt.handle())
-        .build()
-        .unwrap();
-    client.start().unwrap();
+    let client = started_client(&rt, &h, 1);
     for t in [10u16, 20, 10, 20, 20] {
         client
             .send_message(Message::new(t), &PeerAddr::from(&addr))

@@ -8,14 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use corewire_messenger::wire::frames::{AUTH_METHOD_NONE, CON_MODE_CRC};
 use corewire_messenger::wire::{
-    AuthRequest, AuthSignature, Banner, EntityAddr, EntityName, EntityType, Frame, Hello,
+    AuthRequest, AuthSignature, Banner, EntityAddr, EntityType, Frame, Hello,
 };
-use corewire_messenger::{Message, Messenger, MessengerCounters, PeerAddr};
+use corewire_messenger::{Message, MessengerCounters, PeerAddr};
 use corewire_runtime::Runtime;
 use corewire_transport::{Address, AnyTransport, Endpoint, EndpointConfig, Transport};
 
 use super::raw::{self, blank_addr, eventually, Reader};
-use super::{runtime, server, stop, Harness, Recorder};
+use super::{runtime, server, started_client, stop, Harness, Recorder};
 
 /// Handshake steps a client may vanish after: nothing but the banner, then HELLO,
 /// AUTH_REQUEST, AUTH_SIGNATURE, and CLIENT_IDENT.
@@ -158,12 +158,7 @@ pub fn vanishing_clients_leave_nothing_behind<H: Harness>(h: H) {
         srec.seen.lock().unwrap().errors
     );
     // The server still serves a real client.
-    let client = Messenger::builder(EntityName::new(EntityType::Client, 9))
-        .transport(h.kind())
-        .handle(rt.handle())
-        .build()
-        .unwrap();
-    client.start().unwrap();
+    let client = started_client(&rt, &h, 9);
     let peer = PeerAddr::new(saddr.clone(), srv.nonce());
     for i in 0..4u64 {
         client
