@@ -26,6 +26,11 @@ pub use crate::outq::OutQueue;
 /// Most payload bytes gathered into one transport send.
 const BATCH_BYTES: usize = 1 << 20;
 
+/// A frame step still missing at least this many bytes (a large segment) is read into one
+/// buffer of its own: no copy assembling it from receive chunks (Ceph's messenger likewise
+/// reads a message's data straight into its buffer).
+const LARGE_READ: usize = 16 << 10;
+
 /// A one-waiter, core-local wake-up flag.
 #[derive(Default)]
 pub(crate) struct LocalNotify {
@@ -118,14 +123,21 @@ impl FrameReader {
         during: &'static str,
         watch: Option<&RxWatch>,
     ) -> Result<()> {
+        let large = self.dec.large_step_buffer(LARGE_READ);
+        let recv = || async {
+            match large {
+                Some((buf, fill_to)) => ep.recv_into(buf, fill_to).await,
+                None => ep.recv().await,
+            }
+        };
         let received = match watch {
             Some(w) => {
                 w.set((Instant::now(), true));
-                let r = ep.recv().await;
+                let r = recv().await;
                 w.set((w.get().0, false));
                 r
             }
-            None => timer::timeout(self.idle, ep.recv()).await.map_err(|_| {
+            None => timer::timeout(self.idle, recv()).await.map_err(|_| {
                 MessengerError::IdleTimeout {
                     peer: self.peer.clone(),
                     during,

@@ -604,6 +604,47 @@ fn message_frame_layout_epilogue_and_zero_copy() {
     assert_eq!(d.buffered(), 0);
 }
 
+/// A large segment that arrives in pieces: the step's buffered bytes move into one buffer
+/// sized for the whole step, which the reader fills and feeds back, and the data segment is
+/// a slice of that buffer (no assembling copy). Small steps are left alone.
+#[test]
+fn large_step_buffer_gathers_a_segment_in_one_chunk() {
+    let mut m = sample_message();
+    m.data = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let wire = Bytes::from(concat(&m.to_wire().unwrap()));
+    let mut d = FrameDecoder::new();
+    // The preamble alone: the next step (the header segment) is small.
+    d.feed(wire.slice(..32));
+    assert!(d.next_frame().unwrap().is_none());
+    assert!(d.large_step_buffer(16 << 10).is_none());
+    // Header, front and the first 3000 bytes of data: the rest of the frame is a large step.
+    let head = 32 + 45 + 11 + 3000;
+    d.feed(wire.slice(32..head));
+    assert!(d.next_frame().unwrap().is_none());
+    let rest = wire.len() - (32 + 45);
+    assert!(
+        d.large_step_buffer(rest + 1).is_none(),
+        "below the threshold"
+    );
+    assert_eq!(d.buffered(), head - (32 + 45), "nothing consumed");
+    let (mut buf, fill_to) = d.large_step_buffer(16 << 10).unwrap();
+    assert_eq!(fill_to, rest);
+    assert_eq!(&buf[..], &wire[32 + 45..head]);
+    assert_eq!(d.buffered(), 0);
+    buf.extend_from_slice(&wire[head..]);
+    let chunk = buf.freeze();
+    d.feed(chunk.clone());
+    let (tag, segs) = d.next_frame().unwrap().unwrap();
+    assert_eq!(tag, Tag::Message);
+    assert_eq!(
+        segs[3].as_ptr(),
+        chunk[11..].as_ptr(),
+        "data sliced from the one chunk"
+    );
+    assert_eq!(MessageFrame::from_segments(&segs).unwrap(), m);
+    assert_eq!(d.buffered(), 0);
+}
+
 #[test]
 fn trailing_empty_segments_are_dropped() {
     let mut m = sample_message();

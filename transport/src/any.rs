@@ -1,7 +1,7 @@
 //! Type-erased stacks: [`AnyTransport`], [`AnyListener`], [`AnyEndpoint`], picked by address
 //! (Ceph's `ms_type`). The messenger uses these so one messenger serves every transport.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::addr::{Address, TransportKind};
 use crate::error::{Result, TransportError};
@@ -143,6 +143,9 @@ impl Endpoint for AnyEndpoint {
     }
     async fn recv(&self) -> Result<Bytes> {
         each!(self, e => e.recv().await)
+    }
+    async fn recv_into(&self, buf: BytesMut, fill_to: usize) -> Result<Bytes> {
+        each!(self, e => e.recv_into(buf, fill_to).await)
     }
     async fn shutdown(&self) -> Result<()> {
         each!(self, e => e.shutdown().await)

@@ -39,7 +39,7 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::addr::{Address, TransportKind};
 use crate::error::Result;
@@ -86,6 +86,22 @@ pub trait Endpoint: Sized {
     fn flush(&self) -> impl Future<Output = Result<()>>;
     /// The next chunk of the incoming stream.
     fn recv(&self) -> impl Future<Output = Result<Bytes>>;
+    /// The incoming stream appended to `buf` until it holds at least `fill_to` bytes, as one
+    /// chunk: for a large frame segment, which then needs no assembling from chunks. The
+    /// default appends [`Endpoint::recv`]'s chunks (a copy each, and possibly bytes past
+    /// `fill_to`); a transport that can read into `buf` itself does so, and then reads no
+    /// further than `buf`'s capacity. Not cancel-safe: dropped mid-way, the bytes taken so far
+    /// are gone, so a caller must then give up on the stream (the messenger fails the
+    /// session, and a lossless session replays).
+    fn recv_into(&self, mut buf: BytesMut, fill_to: usize) -> impl Future<Output = Result<Bytes>> {
+        async move {
+            while buf.len() < fill_to {
+                let chunk = self.recv().await?;
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf.freeze())
+        }
+    }
     /// Flush, then close the sending side (the peer's `recv` then reports `PeerClosed`).
     fn shutdown(&self) -> impl Future<Output = Result<()>>;
     /// Close at once, dropping anything queued; the peer sees a reset or end of stream.

@@ -695,6 +695,26 @@ impl FrameDecoder {
         need.saturating_sub(self.buffered)
     }
 
+    /// When the current step still needs at least `min` bytes (a large segment), its
+    /// buffered bytes copied into one buffer with room for the whole step, and the length
+    /// that completes it: the caller fills the buffer from the stream and
+    /// [feeds](FrameDecoder::feed) it back, so the segment is sliced out of one chunk, not
+    /// assembled by copying chunk after chunk. `None` otherwise (nothing is consumed).
+    pub fn large_step_buffer(&mut self, min: usize) -> Option<(BytesMut, usize)> {
+        let need = self.bytes_needed();
+        if need < min.max(1) {
+            return None;
+        }
+        // The step needs more than is buffered, so every buffered byte belongs to it.
+        let total = self.buffered + need;
+        let mut buf = BytesMut::with_capacity(total);
+        for c in self.chunks.drain(..) {
+            buf.extend_from_slice(&c);
+        }
+        self.buffered = 0;
+        Some((buf, total))
+    }
+
     fn first_len(p: &Preamble) -> usize {
         match p.segments[0].len {
             0 => 0,

@@ -171,6 +171,20 @@ impl Drop for RecvGuard<'_> {
     }
 }
 
+/// Fails the endpoint when dropped: armed while a read into a caller's buffer is in flight.
+struct DropFails<'a>(&'a Inner);
+impl Drop for DropFails<'_> {
+    fn drop(&mut self) {
+        self.0.fail(&TransportError::Reset {
+            peer: self.0.peer.clone(),
+            reason: "a receive into a frame's buffer was dropped mid-way".into(),
+        });
+        if !self.0.transferred.get() {
+            let _ = self.0.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 impl Endpoint for TcpEndpoint {
     type Transfer = TcpTransfer;
 
@@ -278,6 +292,67 @@ impl Endpoint for TcpEndpoint {
                 }
             }
         }
+    }
+
+    /// Reads straight into `buf` (no chunk to copy from), after whatever an earlier receive
+    /// left behind (a hand-off's chunks, a read still in flight).
+    async fn recv_into(&self, mut buf: BytesMut, fill_to: usize) -> Result<Bytes> {
+        debug_assert_on_core(self.inner.core);
+        let inner = &self.inner;
+        while buf.len() < fill_to
+            && (!inner.pending.borrow().is_empty() || inner.rx_op.borrow().is_some())
+        {
+            let chunk = self.recv().await?;
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() >= fill_to {
+            return Ok(buf.freeze());
+        }
+        self.check()?;
+        if inner.eof.get() {
+            return Err(TransportError::PeerClosed {
+                peer: inner.peer.clone(),
+            });
+        }
+        if inner.recv_busy.replace(true) {
+            return Err(TransportError::WrongState {
+                peer: inner.peer.clone(),
+                what: "recv already in progress",
+            });
+        }
+        let _guard = RecvGuard(&inner.recv_busy);
+        buf.reserve(fill_to - buf.len());
+        // Bytes read into `buf` exist nowhere else: dropped before the end, the stream has a
+        // hole, so the endpoint is failed rather than read on.
+        let unfinished = DropFails(inner);
+        let r = loop {
+            if buf.len() >= fill_to {
+                break Ok(());
+            }
+            let (r, b) = inner.stream.read(buf).await;
+            buf = b;
+            if let Some(e) = inner.error() {
+                break Err(e); // aborted locally while the read was in flight
+            }
+            match r {
+                Ok(0) => {
+                    inner.eof.set(true);
+                    break Err(TransportError::PeerClosed {
+                        peer: inner.peer.clone(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let e = TransportError::from_io(&inner.peer, "recv", e);
+                    inner.fail(&e);
+                    break Err(e);
+                }
+            }
+        };
+        // Finished, one way or the other: only a drop mid-read fails the endpoint.
+        std::mem::forget(unfinished);
+        r?;
+        Ok(buf.freeze())
     }
 
     async fn shutdown(&self) -> Result<()> {

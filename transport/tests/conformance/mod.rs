@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use corewire_runtime::{spawn_local, timer, Runtime};
 use corewire_transport::framed::{header, Framed, HEADER_LEN};
 use corewire_transport::{
@@ -551,6 +551,72 @@ pub fn dropped_recv_loses_nothing<H: Harness>(h: H) {
     rt.shutdown().unwrap();
 }
 
+/// `recv_into` gathers the stream into the caller's buffer after the bytes it already holds,
+/// as one chunk of at least `fill_to` bytes, after what a dropped `recv` had started to read;
+/// plain `recv`s then go on from where it stopped, byte-exact.
+pub fn recv_into_gathers_one_chunk<H: Harness>(h: H) {
+    const TOTAL: usize = 400_000;
+    const FILL_TO: usize = 300_000;
+    let rt = runtime();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let addr = serve(&rt, &h, EndpointConfig::default(), 1, move |ep| {
+        let tx = tx.clone();
+        let go_tx = go_tx.clone();
+        async move {
+            let head = ep.recv().await.unwrap();
+            // A receive started and dropped unreturned: its bytes belong in the gathered chunk.
+            let mut dropped = Box::pin(ep.recv());
+            let _ = futures_lite::future::poll_once(&mut dropped).await;
+            drop(dropped);
+            // The next piece arrives while nobody polls that receive.
+            go_tx.send(()).unwrap();
+            timer::sleep(Duration::from_millis(200)).await;
+            let mut buf = BytesMut::with_capacity(FILL_TO);
+            buf.extend_from_slice(&head);
+            let big = ep.recv_into(buf, FILL_TO).await.unwrap();
+            let mut got = big.to_vec();
+            while got.len() < TOTAL {
+                got.extend_from_slice(&ep.recv().await.unwrap());
+            }
+            tx.send((big.len(), got)).unwrap();
+        }
+    });
+    let want = payload(5, TOTAL);
+    let sent = want.clone();
+    client(&rt, &h, EndpointConfig::default(), move |t| async move {
+        let ep = t.connect(&addr).await.unwrap();
+        ep.send(vec![sent.slice(..1000)]).await.unwrap();
+        ep.flush().await.unwrap();
+        // The rest in pieces, some apart, so the receiver sees it in many reads.
+        while go_rx.try_recv().is_err() {
+            timer::sleep(Duration::from_millis(2)).await;
+        }
+        ep.send(vec![sent.slice(1000..2000)]).await.unwrap();
+        ep.flush().await.unwrap();
+        timer::sleep(Duration::from_millis(300)).await;
+        for (k, at) in (2000..TOTAL).step_by(10_000).enumerate() {
+            ep.send(vec![sent.slice(at..(at + 10_000).min(TOTAL))])
+                .await
+                .unwrap();
+            if k % 8 == 0 {
+                ep.flush().await.unwrap();
+                timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        ep.flush().await.unwrap();
+        timer::sleep(Duration::from_millis(300)).await;
+    });
+    let (big, got) = rx.recv_timeout(LIMIT).expect("server read");
+    assert!(
+        big >= FILL_TO,
+        "recv_into returned {big} bytes, fewer than {FILL_TO}"
+    );
+    assert_eq!(got.len(), TOTAL);
+    assert!(got == want[..], "the stream came out of order or changed");
+    rt.shutdown().unwrap();
+}
+
 /// Sends from `Endpoint::alloc` buffers: byte-exact in every order a user may choose (in
 /// order, out of order, the same bytes twice, a buffer dropped unsent), and the memory of a
 /// sent buffer is not reused while the sender still holds its bytes.
@@ -647,6 +713,10 @@ macro_rules! conformance_tests_without_handoff {
         #[test]
         fn connect_and_accept() {
             conformance::connect_and_accept($h)
+        }
+        #[test]
+        fn recv_into_gathers_one_chunk() {
+            conformance::recv_into_gathers_one_chunk($h)
         }
         #[test]
         fn alloc_buffers_round_trip() {
