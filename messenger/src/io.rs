@@ -27,8 +27,9 @@ pub use crate::outq::OutQueue;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// A frame step still missing at least this many bytes (a large segment) is read into one
-/// buffer of its own: no copy assembling it from receive chunks (Ceph's messenger likewise
-/// reads a message's data straight into its buffer).
+/// buffer of its own, on a transport that reads into the caller's buffer (TCP): no copy
+/// assembling it from receive chunks (Ceph's messenger likewise reads a message's data
+/// straight into its buffer). Elsewhere a large payload may arrive as one chunk already.
 const LARGE_READ: usize = 16 << 10;
 
 /// A one-waiter, core-local wake-up flag.
@@ -123,7 +124,11 @@ impl FrameReader {
         during: &'static str,
         watch: Option<&RxWatch>,
     ) -> Result<()> {
-        let large = self.dec.large_step_buffer(LARGE_READ);
+        let large = if ep.reads_in_place() {
+            self.dec.large_step_buffer(LARGE_READ)
+        } else {
+            None
+        };
         let recv = || async {
             match large {
                 Some((buf, fill_to)) => ep.recv_into(buf, fill_to).await,

@@ -144,6 +144,9 @@ impl Endpoint for AnyEndpoint {
     async fn recv(&self) -> Result<Bytes> {
         each!(self, e => e.recv().await)
     }
+    fn reads_in_place(&self) -> bool {
+        each!(self, e => e.reads_in_place())
+    }
     async fn recv_into(&self, buf: BytesMut, fill_to: usize) -> Result<Bytes> {
         each!(self, e => e.recv_into(buf, fill_to).await)
     }

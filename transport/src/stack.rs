@@ -86,6 +86,13 @@ pub trait Endpoint: Sized {
     fn flush(&self) -> impl Future<Output = Result<()>>;
     /// The next chunk of the incoming stream.
     fn recv(&self) -> impl Future<Output = Result<Bytes>>;
+    /// Whether [`Endpoint::recv_into`] reads into the caller's buffer itself (TCP), so a
+    /// caller gains by handing it one for a large read. Where it only appends the transport's
+    /// own chunks (shm, rdma: a large payload may already arrive as one chunk of registered
+    /// memory, zero-copy), a caller should keep to [`Endpoint::recv`]. Default: false.
+    fn reads_in_place(&self) -> bool {
+        false
+    }
     /// The incoming stream appended to `buf` until it holds at least `fill_to` bytes, as one
     /// chunk: for a large frame segment, which then needs no assembling from chunks. The
     /// default appends [`Endpoint::recv`]'s chunks (a copy each, and possibly bytes past

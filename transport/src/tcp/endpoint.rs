@@ -294,6 +294,10 @@ impl Endpoint for TcpEndpoint {
         }
     }
 
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+
     /// Reads straight into `buf` (no chunk to copy from), after whatever an earlier receive
     /// left behind (a hand-off's chunks, a read still in flight).
     async fn recv_into(&self, mut buf: BytesMut, fill_to: usize) -> Result<Bytes> {
