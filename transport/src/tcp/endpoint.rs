@@ -154,6 +154,25 @@ impl TcpEndpoint {
         Ok(TcpEndpoint { inner })
     }
 
+    /// A receive may start: the endpoint works, the stream has not ended and no other
+    /// receive runs (until the guard drops).
+    fn begin_recv(&self) -> Result<RecvGuard<'_>> {
+        self.check()?;
+        let inner = &self.inner;
+        if inner.eof.get() {
+            return Err(TransportError::PeerClosed {
+                peer: inner.peer.clone(),
+            });
+        }
+        if inner.recv_busy.replace(true) {
+            return Err(TransportError::WrongState {
+                peer: inner.peer.clone(),
+                what: "recv already in progress",
+            });
+        }
+        Ok(RecvGuard(&inner.recv_busy))
+    }
+
     fn check(&self) -> Result<()> {
         debug_assert_on_core(self.inner.core);
         match self.inner.error() {
@@ -230,19 +249,7 @@ impl Endpoint for TcpEndpoint {
         if let Some(b) = inner.pending.borrow_mut().pop_front() {
             return Ok(b);
         }
-        self.check()?;
-        if inner.eof.get() {
-            return Err(TransportError::PeerClosed {
-                peer: inner.peer.clone(),
-            });
-        }
-        if inner.recv_busy.replace(true) {
-            return Err(TransportError::WrongState {
-                peer: inner.peer.clone(),
-                what: "recv already in progress",
-            });
-        }
-        let _guard = RecvGuard(&inner.recv_busy);
+        let _guard = self.begin_recv()?;
         if inner.rx_op.borrow().is_none() {
             let mut buf = std::mem::take(&mut *inner.rx_buf.borrow_mut());
             let min_room = (inner.cfg.recv_buf_size / 16).max(512);
@@ -312,19 +319,7 @@ impl Endpoint for TcpEndpoint {
         if buf.len() >= fill_to {
             return Ok(buf.freeze());
         }
-        self.check()?;
-        if inner.eof.get() {
-            return Err(TransportError::PeerClosed {
-                peer: inner.peer.clone(),
-            });
-        }
-        if inner.recv_busy.replace(true) {
-            return Err(TransportError::WrongState {
-                peer: inner.peer.clone(),
-                what: "recv already in progress",
-            });
-        }
-        let _guard = RecvGuard(&inner.recv_busy);
+        let _guard = self.begin_recv()?;
         buf.reserve(fill_to - buf.len());
         // Bytes read into `buf` exist nowhere else: dropped before the end, the stream has a
         // hole, so the endpoint is failed rather than read on.
