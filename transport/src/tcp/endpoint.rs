@@ -75,12 +75,39 @@ impl Inner {
     }
 
     fn kill(&self) {
-        self.fail(&TransportError::Closed {
+        self.kill_with(&TransportError::Closed {
             peer: self.peer.clone(),
         });
+    }
+
+    fn kill_with(&self, e: &TransportError) {
+        self.fail(e);
         if !self.transferred.get() {
             // Completes any in-flight send/recv on this socket with an error or EOF.
             let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// A finished read's bytes, or what to report instead: the local abort that ended it
+    /// (our own shutdown shows up as an error or EOF), the end of the stream, or a socket
+    /// error, which fails the endpoint.
+    fn read_done(&self, r: io::Result<usize>) -> Result<usize> {
+        if let Some(e) = self.error() {
+            return Err(e);
+        }
+        match r {
+            Ok(0) => {
+                self.eof.set(true);
+                Err(TransportError::PeerClosed {
+                    peer: self.peer.clone(),
+                })
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let e = TransportError::from_io(&self.peer, "recv", e);
+                self.fail(&e);
+                Err(e)
+            }
         }
     }
 }
@@ -194,13 +221,10 @@ impl Drop for RecvGuard<'_> {
 struct DropFails<'a>(&'a Inner);
 impl Drop for DropFails<'_> {
     fn drop(&mut self) {
-        self.0.fail(&TransportError::Reset {
+        self.0.kill_with(&TransportError::Reset {
             peer: self.0.peer.clone(),
             reason: "a receive into a frame's buffer was dropped mid-way".into(),
         });
-        if !self.0.transferred.get() {
-            let _ = self.0.stream.shutdown(Shutdown::Both);
-        }
     }
 }
 
@@ -273,32 +297,10 @@ impl Endpoint for TcpEndpoint {
             }
         })
         .await;
-        if let Some(e) = inner.error() {
-            return Err(e); // aborted locally while the read was in flight
-        }
-        match r {
-            Ok(0) => {
-                inner.eof.set(true);
-                Err(TransportError::PeerClosed {
-                    peer: inner.peer.clone(),
-                })
-            }
-            Ok(_) => {
-                let chunk = buf.split().freeze();
-                *inner.rx_buf.borrow_mut() = buf;
-                Ok(chunk)
-            }
-            Err(e) => {
-                let e = TransportError::from_io(&inner.peer, "recv", e);
-                // Our own abort shows up here as an error: report it as Closed.
-                if inner.error().is_none() {
-                    inner.fail(&e);
-                    Err(e)
-                } else {
-                    Err(inner.error().unwrap_or(e))
-                }
-            }
-        }
+        inner.read_done(r)?;
+        let chunk = buf.split().freeze();
+        *inner.rx_buf.borrow_mut() = buf;
+        Ok(chunk)
     }
 
     fn reads_in_place(&self) -> bool {
@@ -330,22 +332,8 @@ impl Endpoint for TcpEndpoint {
             }
             let (r, b) = inner.stream.read(buf).await;
             buf = b;
-            if let Some(e) = inner.error() {
-                break Err(e); // aborted locally while the read was in flight
-            }
-            match r {
-                Ok(0) => {
-                    inner.eof.set(true);
-                    break Err(TransportError::PeerClosed {
-                        peer: inner.peer.clone(),
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let e = TransportError::from_io(&inner.peer, "recv", e);
-                    inner.fail(&e);
-                    break Err(e);
-                }
+            if let Err(e) = inner.read_done(r) {
+                break Err(e);
             }
         };
         // Finished, one way or the other: only a drop mid-read fails the endpoint.
