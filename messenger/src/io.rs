@@ -32,6 +32,12 @@ const BATCH_BYTES: usize = 1 << 20;
 /// straight into its buffer). Elsewhere a large payload may arrive as one chunk already.
 const LARGE_READ: usize = 16 << 10;
 
+/// Longest step read that way. Its buffer is allocated for bytes only announced, so this
+/// bounds what a peer that announces a large frame and stalls has reserved for it (a 4 MiB
+/// write with its header fits); a longer step is assembled from receive chunks as its bytes
+/// arrive, so the memory it holds is what the peer actually sent.
+const LARGE_READ_MAX: usize = 8 << 20;
+
 /// A one-waiter, core-local wake-up flag.
 #[derive(Default)]
 pub(crate) struct LocalNotify {
@@ -125,7 +131,7 @@ impl FrameReader {
         watch: Option<&RxWatch>,
     ) -> Result<()> {
         let large = if ep.reads_in_place() {
-            self.dec.large_step_buffer(LARGE_READ)
+            self.dec.large_step_buffer(LARGE_READ, LARGE_READ_MAX)
         } else {
             None
         };

@@ -616,18 +616,24 @@ fn large_step_buffer_gathers_a_segment_in_one_chunk() {
     // The preamble alone: the next step (the header segment) is small.
     d.feed(wire.slice(..32));
     assert!(d.next_frame().unwrap().is_none());
-    assert!(d.large_step_buffer(16 << 10).is_none());
+    assert!(d.large_step_buffer(16 << 10, 8 << 20).is_none());
     // Header, front and the first 3000 bytes of data: the rest of the frame is a large step.
     let head = 32 + 45 + 11 + 3000;
     d.feed(wire.slice(32..head));
     assert!(d.next_frame().unwrap().is_none());
     let rest = wire.len() - (32 + 45);
     assert!(
-        d.large_step_buffer(rest + 1).is_none(),
+        d.large_step_buffer(rest + 1, 8 << 20).is_none(),
         "below the threshold"
     );
+    let need = rest - d.buffered();
+    assert_eq!(d.bytes_needed(), need);
+    assert!(
+        d.large_step_buffer(16 << 10, need - 1).is_none(),
+        "above the cap: left to grow as bytes arrive"
+    );
     assert_eq!(d.buffered(), head - (32 + 45), "nothing consumed");
-    let (mut buf, fill_to) = d.large_step_buffer(16 << 10).unwrap();
+    let (mut buf, fill_to) = d.large_step_buffer(16 << 10, need).unwrap();
     assert_eq!(fill_to, rest);
     assert_eq!(&buf[..], &wire[32 + 45..head]);
     assert_eq!(d.buffered(), 0);

@@ -695,14 +695,18 @@ impl FrameDecoder {
         need.saturating_sub(self.buffered)
     }
 
-    /// When the current step still needs at least `min` bytes (a large segment), its
-    /// buffered bytes copied into one buffer with room for the whole step, and the length
+    /// When the current step still needs between `min` and `max` bytes (a large segment),
+    /// its buffered bytes copied into one buffer with room for the whole step, and the length
     /// that completes it: the caller fills the buffer from the stream and
     /// [feeds](FrameDecoder::feed) it back, so the segment is sliced out of one chunk, not
     /// assembled by copying chunk after chunk. `None` otherwise (nothing is consumed).
-    pub fn large_step_buffer(&mut self, min: usize) -> Option<(BytesMut, usize)> {
+    ///
+    /// The buffer is allocated for bytes the peer has only announced, so `max` bounds what a
+    /// peer that announces a large frame and then stalls has reserved for it: a longer step
+    /// is left to grow chunk by chunk as its bytes arrive.
+    pub fn large_step_buffer(&mut self, min: usize, max: usize) -> Option<(BytesMut, usize)> {
         let need = self.bytes_needed();
-        if need < min.max(1) {
+        if need < min.max(1) || need > max {
             return None;
         }
         // The step needs more than is buffered, so every buffered byte belongs to it.

@@ -835,6 +835,36 @@ pub fn both_sides_closing_at_once_under_load<H: Harness>(h: H) {
 }
 
 #[allow(unused)]
+/// Payloads around the reader's large-segment thresholds (read in place from 16 KiB on TCP,
+/// assembled from receive chunks above 8 MiB), each byte-exact and in order, with a middle
+/// segment in one so a step spans segments.
+pub fn large_payloads_byte_exact<H: Harness>(h: H) {
+    const SIZES: [(usize, usize); 7] = [
+        (0, (16 << 10) - 1),
+        (0, 16 << 10),
+        (0, 1 << 20),
+        (3000, 4 << 20),
+        (0, (8 << 20) - 64),
+        (0, (8 << 20) + 1),
+        (5, 12 << 20),
+    ];
+    let p = pair(&h, Recorder::new());
+    let c = p.connect();
+    for (i, &(m, d)) in SIZES.iter().enumerate() {
+        let msg = Message::new(1).with_tid(i as u64).with_payload(
+            Bytes::new(),
+            payload(i, m, 2),
+            payload(i, d, 3),
+        );
+        send_or_wait(&p.rt, &c, msg);
+    }
+    p.srec.wait_for("the large messages", |s| {
+        s.count == SIZES.len() || !s.errors.is_empty()
+    });
+    assert!(p.srec.seen.lock().unwrap().errors.is_empty());
+    p.finish();
+}
+
 fn _wire_error_is_public(_: WireError) {}
 
 #[macro_export]
@@ -843,6 +873,7 @@ macro_rules! messenger_tests {
         messenger_tests!(@ $h;
             handshake_fires_connect_and_accept,
             ten_thousand_messages_byte_exact_in_order,
+            large_payloads_byte_exact,
             priorities_order_the_out_queue,
             first_dispatcher_to_claim_wins,
             fast_dispatch_runs_on_the_connection_core,
