@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::fault::{Direction, Faults};
 use crate::message::Message;
 use crate::messenger::Shared;
 use crate::session::Conn;
-use crate::throttle::Hold;
+use crate::throttle::{Budget, Hold};
 use crate::wire::{Banner, Frame, FrameDecoder, Tag};
 
 pub use crate::outq::OutQueue;
@@ -178,26 +179,55 @@ impl FrameReader {
         ep: &AnyEndpoint,
         during: &'static str,
     ) -> Result<Frame> {
-        self.read_frame_watched(ep, during, None).await
+        Ok(self.read_frame_held(ep, during, None, None).await?.0)
     }
 
     /// As [`Self::read_frame`]; with `watch`, receives are untimed and stamp it instead.
-    async fn read_frame_watched(
+    ///
+    /// With `budget`, a message comes with its dispatch-throttle share, taken as soon as the
+    /// frame's preamble announces its length, before its segments are received (Ceph takes
+    /// its throttles before reading a message's front, middle and data). While the budget is
+    /// spent nothing more is read, so what peers have only announced is held to the budget
+    /// too, however many of them announce large messages at once.
+    async fn read_frame_held(
         &mut self,
         ep: &AnyEndpoint,
         during: &'static str,
         watch: Option<&RxWatch>,
-    ) -> Result<Frame> {
+        budget: Option<&Arc<Budget>>,
+    ) -> Result<(Frame, Hold)> {
+        // A share taken for the frame in progress, with the decoder's count of aborted
+        // frames then: a frame the sender aborts is dropped unseen, and its share with it.
+        let mut early: Option<(Hold, u64)> = None;
         loop {
             match self.dec.next_segments() {
                 Ok(Some((tag, segs))) => {
                     if self.faults.active() {
                         self.faults.check(&self.peer, Direction::Rx, tag)?;
                     }
-                    return Frame::decode_segments(tag, segs)
-                        .map_err(|e| MessengerError::wire(&self.peer, during, e));
+                    let frame = Frame::decode_segments(tag, segs)
+                        .map_err(|e| MessengerError::wire(&self.peer, during, e))?;
+                    let hold = match (&frame, budget) {
+                        (Frame::Message(m), Some(b)) => match early.take() {
+                            Some((h, aborted)) if aborted == self.dec.aborted_frames() => h,
+                            stale => {
+                                drop(stale);
+                                b.acquire(m.front.len() + m.middle.len() + m.data.len())
+                                    .await
+                            }
+                        },
+                        _ => Hold::default(),
+                    };
+                    return Ok((frame, hold));
                 }
-                Ok(None) => self.recv_more(ep, during, watch).await?,
+                Ok(None) => {
+                    if let (None, Some(b), Some((Tag::Message, len))) =
+                        (&early, budget, self.dec.announced())
+                    {
+                        early = Some((b.acquire(len).await, self.dec.aborted_frames()));
+                    }
+                    self.recv_more(ep, during, watch).await?
+                }
                 Err(e) => return Err(MessengerError::wire(&self.peer, during, e)),
             }
         }
@@ -245,17 +275,10 @@ pub(crate) async fn run_session(
     let idle = idle_watch(&watch, reader.idle, peer.clone());
     let read = async {
         loop {
-            let frame = reader
-                .read_frame_watched(ep, "reading frames", Some(&watch))
-                .await?;
             // The dispatch throttle: no more reading until the message has its share.
-            let hold = match (&frame, &conn.throttle) {
-                (Frame::Message(m), Some(b)) => {
-                    let len = m.front.len() + m.middle.len() + m.data.len();
-                    b.acquire(len).await
-                }
-                _ => Hold::default(),
-            };
+            let (frame, hold) = reader
+                .read_frame_held(ep, "reading frames", Some(&watch), conn.throttle.as_ref())
+                .await?;
             // The writer is polled right after this reader, in the same poll of this task
             // (`or` below): what the frame queues needs no wake-up of the task.
             conn.wake

@@ -27,3 +27,4 @@ impl suite::Harness for Shm {
 }
 
 messenger_tests!(Shm);
+messenger_tests!(bounded Shm);

@@ -18,3 +18,4 @@ impl suite::Harness for Tcp {
 
 messenger_tests!(Tcp);
 messenger_tests!(addressed Tcp);
+messenger_tests!(bounded Tcp);

@@ -651,6 +651,35 @@ fn large_step_buffer_gathers_a_segment_in_one_chunk() {
     assert_eq!(d.buffered(), 0);
 }
 
+/// What a frame announces, from its preamble until it is complete: the reader takes a
+/// message's dispatch-throttle share from it before receiving the segments.
+#[test]
+fn announced_gives_the_tag_and_payload_length_once_the_preamble_is_read() {
+    let m = sample_message();
+    let wire = Bytes::from(concat(&m.to_wire().unwrap()));
+    let mut d = FrameDecoder::new();
+    assert_eq!(d.announced(), None);
+    d.feed(wire.slice(..31));
+    assert!(d.next_frame().unwrap().is_none());
+    assert_eq!(d.announced(), None, "no preamble yet");
+    d.feed(wire.slice(31..40));
+    assert!(d.next_frame().unwrap().is_none());
+    let payload = m.front.len() + m.middle.len() + m.data.len();
+    assert_eq!(d.announced(), Some((Tag::Message, payload)));
+    d.feed(wire.slice(40..wire.len() - 1));
+    assert!(d.next_frame().unwrap().is_none());
+    assert_eq!(d.announced(), Some((Tag::Message, payload)), "header read");
+    d.feed(wire.slice(wire.len() - 1..));
+    assert!(d.next_frame().unwrap().is_some());
+    assert_eq!(d.announced(), None, "complete");
+    // A control frame announces its segments after the first (none here).
+    d.feed(Bytes::from(
+        concat(&Ack { seq: 3 }.to_wire().unwrap())[..32].to_vec(),
+    ));
+    assert!(d.next_frame().unwrap().is_none());
+    assert_eq!(d.announced(), Some((Tag::Ack, 0)));
+}
+
 #[test]
 fn trailing_empty_segments_are_dropped() {
     let mut m = sample_message();

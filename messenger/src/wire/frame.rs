@@ -695,6 +695,18 @@ impl FrameDecoder {
         need.saturating_sub(self.buffered)
     }
 
+    /// The frame being read, once its preamble is decoded and until it is complete: its tag
+    /// and the bytes its segments after the first announce (a message's front, middle and
+    /// data), which a reader may reserve before they arrive.
+    pub fn announced(&self) -> Option<(Tag, usize)> {
+        match &self.state {
+            State::FirstSegment(p) | State::Rest(p, _) => {
+                Some((p.tag, p.used()[1..].iter().map(|s| s.len as usize).sum()))
+            }
+            State::Preamble | State::Failed(_) => None,
+        }
+    }
+
     /// When the current step still needs between `min` and `max` bytes (a large segment),
     /// its buffered bytes copied into one buffer with room for the whole step, and the length
     /// that completes it: the caller fills the buffer from the stream and
