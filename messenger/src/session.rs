@@ -362,7 +362,8 @@ pub(crate) struct Conn {
     /// A transport waiting to be taken over by the connection's task.
     attach: RefCell<Option<Attach>>,
     pub(crate) attached: LocalNotify,
-    /// The core's dispatch throttle (received messages wait for a share before dispatch).
+    /// The core's dispatch throttle (a message announced by its preamble waits for a share
+    /// before it is read on).
     pub(crate) throttle: Option<Arc<Budget>>,
 }
 

@@ -1,11 +1,12 @@
 //! The dispatch throttle (Ceph's `ms_dispatch_throttle_bytes` and the policy throttles): a
 //! budget of messages and bytes for received messages not yet released by the application.
 //!
-//! A received message takes its share before it is dispatched and gives it back when the
-//! application drops it (and every clone of it). While the budget is spent, the connection's
-//! reader stops reading: the transport's receive window fills, the peer's transport send queue
-//! fills, and the peer's writer waits. Memory stays bounded by the budget plus the transport
-//! buffers, whatever the peer sends.
+//! A message takes its share as soon as its frame's preamble announces its length, before its
+//! front, middle and data are received (as Ceph takes its throttles before reading them), and
+//! gives it back when the application drops it (and every clone of it). While the budget is
+//! spent, the connection's reader stops reading: the transport's receive window fills, the
+//! peer's transport send queue fills, and the peer's writer waits. Memory stays bounded by the
+//! budget plus the transport buffers, whatever the peers send or announce.
 //!
 //! Each core has its own budget for the messenger (the configured limits apply per core), so
 //! taking a share touches only this core's counters; a release from another thread (a worker
