@@ -2,7 +2,7 @@
 //! refused, control frames coalesced under a keepalive flood.
 
 use bytes::Bytes;
-use corewire_messenger::wire::{Keepalive2, MessageFrame, MsgHeader2, UTime};
+use corewire_messenger::wire::{Keepalive2, UTime};
 use corewire_messenger::{
     ConnectionRef, Message, MessengerError, OutQueueLimits, PeerAddr, QueueStats, ThrottleLimits,
 };
@@ -218,25 +218,13 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
             timestamp: UTime { sec: i, nsec: 0 },
         }));
     }
-    let header = MsgHeader2 {
-        seq: 1,
-        tid: 42,
-        msg_type: 2,
-        priority: 127,
-        version: 1,
-        data_pre_padding_len: 0,
-        data_off: 0,
-        ack_seq: 0,
-        flags: 0,
-        compat_version: 1,
-        reserved: 0,
-    };
-    let m = MessageFrame {
-        header,
-        front: Bytes::from_static(b"after the flood"),
-        middle: Bytes::new(),
-        data: Bytes::new(),
-    };
+    let m = raw::message(
+        1,
+        42,
+        2,
+        Bytes::from_static(b"after the flood"),
+        Bytes::new(),
+    );
     bytes.extend(m.to_wire().unwrap());
     // Identifies itself and waits for SERVER_IDENT as a client does (the server may move the
     // connection to its owning core meanwhile, which over RDMA needs a quiet peer), then

@@ -8,7 +8,8 @@ use corewire_messenger::messenger::DEFAULT_FEATURES;
 use corewire_messenger::wire::frames::{AUTH_METHOD_NONE, CON_MODE_CRC};
 use corewire_messenger::wire::{
     AuthRequest, AuthSignature, Banner, ClientIdent, ControlFrame, EntityAddr, EntityAddrType,
-    EntityAddrVec, EntityType, Frame, FrameDecoder, Hello, SessionReconnect,
+    EntityAddrVec, EntityType, Frame, FrameDecoder, Hello, MessageFrame, MsgHeader2,
+    SessionReconnect,
 };
 use corewire_messenger::Messenger;
 use corewire_runtime::{timer, Runtime};
@@ -59,6 +60,28 @@ pub fn client_preamble() -> Vec<Bytes> {
     }));
     out.extend(frame(&AuthSignature { signature: [0; 32] }));
     out
+}
+
+/// MESSAGE `seq` of a raw session (type `msg_type`, acking nothing), as a messenger frames it.
+pub fn message(seq: u64, tid: u64, msg_type: u16, front: Bytes, data: Bytes) -> MessageFrame {
+    MessageFrame {
+        header: MsgHeader2 {
+            seq,
+            tid,
+            msg_type,
+            priority: 127,
+            version: 1,
+            data_pre_padding_len: 0,
+            data_off: 0,
+            ack_seq: 0,
+            flags: 0,
+            compat_version: 1,
+            reserved: 0,
+        },
+        front,
+        middle: Bytes::new(),
+        data,
+    }
 }
 
 /// CLIENT_IDENT of a lossless OSD session from `addr`.

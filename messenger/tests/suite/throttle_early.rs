@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corewire_messenger::wire::{MessageFrame, MsgHeader2};
 use corewire_messenger::ThrottleLimits;
 use corewire_runtime::timer;
 use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Transport};
@@ -16,29 +15,6 @@ use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Transport};
 use super::lossless::osd;
 use super::raw::{self, blank_addr};
 use super::{payload, runtime, stop, stretch, Harness};
-
-/// Message `seq` of a raw session, as the messenger would frame it.
-fn message_wire(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> Vec<u8> {
-    let m = MessageFrame {
-        header: MsgHeader2 {
-            seq,
-            tid,
-            msg_type,
-            priority: 127,
-            version: 1,
-            data_pre_padding_len: 0,
-            data_off: 0,
-            ack_seq: 0,
-            flags: 0,
-            compat_version: 1,
-            reserved: 0,
-        },
-        front: Bytes::new(),
-        middle: Bytes::new(),
-        data,
-    };
-    m.to_wire().expect("encodes").concat()
-}
 
 /// A raw OSD peer sends a 1 MiB message the server's application keeps (its share fills the
 /// 1 MiB budget), then a 60 MiB message, 64 KiB at a time. The server reads the second
@@ -64,9 +40,19 @@ pub fn announced_message_waits_for_the_throttle<H: Harness>(h: H) {
         .flat_map(|b| b.to_vec())
         .collect();
     // Kept by the recorder (type 2): its share stays taken.
-    wire.extend(message_wire(1, 0, 2, Bytes::from(vec![7u8; 1 << 20])));
+    wire.extend(
+        raw::message(1, 0, 2, Bytes::new(), Bytes::from(vec![7u8; 1 << 20]))
+            .to_wire()
+            .unwrap()
+            .concat(),
+    );
     // Checked byte for byte by the recorder (type 1: seq = tid + 1) and let go.
-    wire.extend(message_wire(2, 1, 1, payload(1, SECOND, 3)));
+    wire.extend(
+        raw::message(2, 1, 1, Bytes::new(), payload(1, SECOND, 3))
+            .to_wire()
+            .unwrap()
+            .concat(),
+    );
     let total = wire.len();
     let wire = Bytes::from(wire);
     let sent = Arc::new(AtomicUsize::new(0));
