@@ -1089,6 +1089,47 @@ fn oversized_segment_is_rejected_from_the_preamble_alone() {
     ));
 }
 
+/// A control frame may announce at most `MAX_CONTROL_FRAME_LEN` bytes over its segments,
+/// refused from the preamble alone; a MESSAGE frame only the segment limit.
+#[test]
+fn oversized_control_frame_is_rejected_from_the_preamble_alone() {
+    let max = frame::MAX_CONTROL_FRAME_LEN;
+    // HELLO (1): one byte over, spread over two segments.
+    let mut d = FrameDecoder::new();
+    d.feed(Bytes::copy_from_slice(&raw_preamble(
+        1,
+        2,
+        [max, 1, 0, 0],
+        0,
+    )));
+    assert_eq!(
+        d.next_frame(),
+        Err(WireError::ControlFrameTooLarge {
+            tag: Tag::Hello,
+            len: u64::from(max) + 1,
+            max: u64::from(max),
+        })
+    );
+    // At the bound it waits for the bytes.
+    let mut d = FrameDecoder::new();
+    d.feed(Bytes::copy_from_slice(&raw_preamble(
+        1,
+        1,
+        [max, 0, 0, 0],
+        0,
+    )));
+    assert_eq!(d.next_frame(), Ok(None));
+    // MESSAGE (17) of 16 MiB: within the segment limit, so it waits too.
+    let mut d = FrameDecoder::new();
+    d.feed(Bytes::copy_from_slice(&raw_preamble(
+        17,
+        4,
+        [41, 0, 0, 16 << 20],
+        0,
+    )));
+    assert_eq!(d.next_frame(), Ok(None));
+}
+
 #[test]
 fn bad_preamble_fields_are_typed_errors() {
     assert_eq!(

@@ -38,6 +38,16 @@ pub enum WireError {
     #[error("segment {index} length {len} exceeds maximum {max}")]
     SegmentTooLarge { index: usize, len: u64, max: u64 },
 
+    /// A control frame (any tag but MESSAGE) announcing more bytes than any control frame
+    /// carries (checked before allocating; a message's size is bounded by the segment limit
+    /// and the dispatch throttle instead).
+    #[error("{tag:?} frame announces {len} bytes, more than the {max} a control frame may carry")]
+    ControlFrameTooLarge {
+        tag: super::frame::Tag,
+        len: u64,
+        max: u64,
+    },
+
     /// An unknown frame tag.
     #[error("unknown frame tag {0}")]
     BadTag(u8),

@@ -264,6 +264,10 @@ pub const LATE_STATUS_ABORTED: u8 = 0x01;
 const LATE_STATUS_ABORTED_MASK: u8 = 0x0f;
 /// Default maximum segment length accepted by [`FrameDecoder`].
 pub const DEFAULT_MAX_SEGMENT_LEN: u32 = 64 << 20;
+/// Most bytes a control frame (any tag but MESSAGE) may announce over all its segments. The
+/// largest ones, AUTH frames carrying cephx tickets, take a few KiB; without this bound a peer
+/// that has not authenticated yet could have its HELLO buffered up to the segment limit.
+pub const MAX_CONTROL_FRAME_LEN: u32 = 1 << 20;
 
 const SEGMENT_NAMES: [&str; MAX_NUM_SEGMENTS] =
     ["segment 0", "segment 1", "segment 2", "segment 3"];
@@ -870,6 +874,16 @@ impl FrameDecoder {
                                 index,
                                 len: u64::from(s.len),
                                 max: u64::from(self.max_segment_len),
+                            });
+                        }
+                    }
+                    if p.tag != Tag::Message {
+                        let len: u64 = p.used().iter().map(|s| u64::from(s.len)).sum();
+                        if len > u64::from(MAX_CONTROL_FRAME_LEN) {
+                            return Err(WireError::ControlFrameTooLarge {
+                                tag: p.tag,
+                                len,
+                                max: u64::from(MAX_CONTROL_FRAME_LEN),
                             });
                         }
                     }

@@ -560,6 +560,27 @@ pub fn oversized_segment_is_a_typed_error<H: Harness>(h: H) {
     );
 }
 
+pub fn oversized_control_frame_is_a_typed_error<H: Harness>(h: H) {
+    let mut segments = [SegmentDesc::default(); 4];
+    segments[0] = SegmentDesc {
+        len: 2 << 20, // within the segment limit, far beyond any HELLO
+        align: 8,
+    };
+    let p = Preamble {
+        tag: Tag::Hello,
+        num_segments: 1,
+        segments,
+        flags: 0,
+    };
+    let pre = Bytes::copy_from_slice(&p.encode());
+    bad_input(
+        h,
+        vec![Banner::default().encode(), pre],
+        |r| r.contains("ControlFrameTooLarge"),
+        "oversized control frame",
+    );
+}
+
 pub fn stalled_peer_hits_the_idle_timeout<H: Harness>(h: H) {
     let f = hello_frame();
     let half = f.slice(..f.len() / 2);
@@ -886,6 +907,7 @@ macro_rules! messenger_tests {
             bad_banner_is_a_typed_error,
             bad_crc_is_a_typed_error,
             oversized_segment_is_a_typed_error,
+            oversized_control_frame_is_a_typed_error,
             stalled_peer_hits_the_idle_timeout,
             trickling_peer_hits_the_ready_timeout,
             trickling_server_hits_the_ready_timeout,
