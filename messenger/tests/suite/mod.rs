@@ -539,43 +539,37 @@ pub fn bad_crc_is_a_typed_error<H: Harness>(h: H) {
     );
 }
 
-pub fn oversized_segment_is_a_typed_error<H: Harness>(h: H) {
+/// The banner, then the preamble of a HELLO whose one segment announces `len` bytes (and
+/// nothing of them).
+fn hello_announcing(len: u32) -> Vec<Bytes> {
     let mut segments = [SegmentDesc::default(); 4];
-    segments[0] = SegmentDesc {
-        len: 100 << 20,
-        align: 8,
-    };
+    segments[0] = SegmentDesc { len, align: 8 };
     let p = Preamble {
         tag: Tag::Hello,
         num_segments: 1,
         segments,
         flags: 0,
     };
-    let pre = Bytes::copy_from_slice(&p.encode());
+    vec![
+        Banner::default().encode(),
+        Bytes::copy_from_slice(&p.encode()),
+    ]
+}
+
+pub fn oversized_segment_is_a_typed_error<H: Harness>(h: H) {
     bad_input(
         h,
-        vec![Banner::default().encode(), pre],
+        hello_announcing(100 << 20),
         |r| r.contains("SegmentTooLarge"),
         "oversized segment",
     );
 }
 
 pub fn oversized_control_frame_is_a_typed_error<H: Harness>(h: H) {
-    let mut segments = [SegmentDesc::default(); 4];
-    segments[0] = SegmentDesc {
-        len: 2 << 20, // within the segment limit, far beyond any HELLO
-        align: 8,
-    };
-    let p = Preamble {
-        tag: Tag::Hello,
-        num_segments: 1,
-        segments,
-        flags: 0,
-    };
-    let pre = Bytes::copy_from_slice(&p.encode());
+    // Within the segment limit, far beyond any HELLO.
     bad_input(
         h,
-        vec![Banner::default().encode(), pre],
+        hello_announcing(2 << 20),
         |r| r.contains("ControlFrameTooLarge"),
         "oversized control frame",
     );
