@@ -41,6 +41,10 @@
 //! ceph-mon 16.2.15 abort in `OSDMap::decode_classic` while encoding the reply; subscribe
 //! from epoch 1 as Ceph's Objecter does.
 
+// The module docs are the design notes and point at private modules and items too; they
+// resolve with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod backpressure;
 pub mod ceph;
 pub mod connection;

@@ -1,9 +1,13 @@
 //! # corewire-transport
 //!
 //! Transport stacks under one interface ([`stack`]): `tcp` ([`tcp`]), `shm` (intra-host shared
-//! memory, [`shm`]) and `rdma` (in progress), each instantiated per core and shared-nothing, as
-//! Ceph's `NetworkStack` chosen by `ms_type`. [`AnyTransport`] picks one by address.
-//! Addresses: [`Address`]. Errors: [`TransportError`].
+//! memory, [`shm`]) and `rdma` (verbs over libibverbs, Cargo feature `rdma`), each
+//! instantiated per core and shared-nothing, as Ceph's `NetworkStack` chosen by `ms_type`.
+//! [`AnyTransport`] picks one by address. Addresses: [`Address`]. Errors: [`TransportError`].
+
+// The module docs are the design notes and point at private modules and items too; they
+// resolve with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod addr;
 pub mod any;
