@@ -1,7 +1,9 @@
 //! The I/O handler of an established session (crimson's `IOHandler`): reads frames with the
-//! wire [`FrameDecoder`], writes them with the [`FrameAssembler`](crate::wire::FrameAssembler) (through the typed frames),
+//! wire [`FrameDecoder`], writes them with the [`FrameAssembler`] (through the typed frames),
 //! drives the session's [`OutQueue`] (seqs, acks, keepalives; in [`crate::outq`]) and frees
 //! room for waiting senders as acks arrive. Everything here is core-local.
+//!
+//! [`FrameAssembler`]: crate::wire::FrameAssembler
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};

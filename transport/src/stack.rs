@@ -9,14 +9,14 @@
 //! chunks of [`Bytes`]:
 //! - [`Endpoint::send`] queues a scatter/gather list of buffers (sent back to back, in order)
 //!   in the endpoint's bounded send queue and waits for room when it is full;
-//!   [`Endpoint::try_send`] fails at once with [`TransportError::Full`](crate::TransportError::Full) instead. Memory never
+//!   [`Endpoint::try_send`] fails at once with [`TransportError::Full`] instead. Memory never
 //!   grows without bound. Buffers from [`Endpoint::alloc`] may be registered memory (RDMA,
 //!   shared memory), which makes the send zero-copy ([`crate::txbuf`]).
 //! - [`Endpoint::recv`] returns the next chunk of the stream, as received (a pool buffer, not
 //!   copied). Chunk boundaries are not message boundaries: framing is the user's (the
 //!   messenger's msgr2 frames, or [`crate::framed`]).
-//! - Errors are typed: [`TransportError::Reset`](crate::TransportError::Reset) (peer died, reset, corrupt shared state),
-//!   [`TransportError::PeerClosed`](crate::TransportError::PeerClosed) (orderly half-close by the peer), [`TransportError::Timeout`](crate::TransportError::Timeout),
+//! - Errors are typed: [`TransportError::Reset`] (peer died, reset, corrupt shared state),
+//!   [`TransportError::PeerClosed`] (orderly half-close by the peer), [`TransportError::Timeout`],
 //!   each carrying the peer's address.
 //!
 //! # Hand-off between cores
@@ -26,16 +26,22 @@
 //! (e.g. inside `Handle::submit_to`) and calling [`Transfer::attach`] there gives an endpoint
 //! owned by the target core. Bytes already received but not yet returned by `recv` travel
 //! with it. An endpoint that is not quiescent is refused with
-//! [`TransportError::WrongState`](crate::TransportError::WrongState) and left usable.
+//! [`TransportError::WrongState`] and left usable.
 //!
 //! Per transport: TCP moves its socket; shared memory moves its mapping and wake-up fds; RDMA
 //! cannot move a queue pair (it is bound to its core's completion queue), so it retires the
 //! old one in `into_transfer` and `attach` re-creates it on the target core and reconnects
 //! both ends over the TCP side channel, with a loss check: a message the peer sent on the old
 //! queue pair after the move began is never silently lost, both sides get a
-//! [`TransportError::Reset`](crate::TransportError::Reset) naming it. The peer should therefore be quiet during a move (as
+//! [`TransportError::Reset`] naming it. The peer should therefore be quiet during a move (as
 //! the messenger's client is while it waits for the server's reply to CLIENT_IDENT);
 //! transport-internal credit returns are exempt.
+//!
+//! [`TransportError::Full`]: crate::TransportError::Full
+//! [`TransportError::Reset`]: crate::TransportError::Reset
+//! [`TransportError::PeerClosed`]: crate::TransportError::PeerClosed
+//! [`TransportError::Timeout`]: crate::TransportError::Timeout
+//! [`TransportError::WrongState`]: crate::TransportError::WrongState
 
 use std::future::Future;
 
@@ -158,9 +164,12 @@ pub struct EndpointConfig {
     /// Other stacks ignore it.
     pub receive_slabs: u32,
     /// RDMA: when a busy queue pair defers posting to merge queued bytes into fewer, fuller
-    /// SENDs ([`crate::merge_send`]). Default: [`MergeSend::default`](crate::MergeSend::default) (from 8 requests in
-    /// flight, batches of 8 to 64 KiB); [`MergeSend::OFF`](crate::MergeSend::OFF) posts at every turn. Other stacks
+    /// SENDs ([`crate::merge_send`]). Default: [`MergeSend::default`] (from 8 requests in
+    /// flight, batches of 8 to 64 KiB); [`MergeSend::OFF`] posts at every turn. Other stacks
     /// ignore it.
+    ///
+    /// [`MergeSend::default`]: crate::MergeSend::default
+    /// [`MergeSend::OFF`]: crate::MergeSend::OFF
     pub merge_send: crate::MergeSend,
 }
 
