@@ -213,7 +213,7 @@ impl FrameReader {
                         (Frame::Message(m), Some(b)) => match early.take() {
                             Some((h, aborted)) if aborted == self.dec.aborted_frames() => h,
                             stale => {
-                                drop(stale);
+                                drop(stale); // before waiting for room: it may be what fills it
                                 b.acquire(m.front.len() + m.middle.len() + m.data.len())
                                     .await
                             }
@@ -223,6 +223,14 @@ impl FrameReader {
                     return Ok((frame, hold));
                 }
                 Ok(None) => {
+                    // The share of a frame the sender aborted goes back before the next
+                    // frame's is taken (it could be what keeps that one from fitting).
+                    if early
+                        .as_ref()
+                        .is_some_and(|(_, a)| *a != self.dec.aborted_frames())
+                    {
+                        early = None;
+                    }
                     if let (None, Some(b), Some((Tag::Message, len))) =
                         (&early, budget, self.dec.announced())
                     {

@@ -31,8 +31,6 @@ pub use bad_session::*;
 pub use central::*;
 pub use lossless::*;
 pub use outq::*;
-// Only the `bounded` transports (tcp, shm) run these.
-#[allow(unused_imports)]
 pub use throttle_early::*;
 pub use vanishing::*;
 
@@ -893,6 +891,7 @@ macro_rules! messenger_tests {
             handshake_fires_connect_and_accept,
             ten_thousand_messages_byte_exact_in_order,
             large_payloads_byte_exact,
+            aborted_message_gives_its_share_back,
             priorities_order_the_out_queue,
             first_dispatcher_to_claim_wins,
             fast_dispatch_runs_on_the_connection_core,

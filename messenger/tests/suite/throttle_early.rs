@@ -8,13 +8,85 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corewire_messenger::ThrottleLimits;
-use corewire_runtime::timer;
-use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Transport};
+use corewire_messenger::wire::frame::{EPILOGUE_LEN, LATE_STATUS_ABORTED};
+use corewire_messenger::{Messenger, ThrottleLimits};
+use corewire_runtime::{timer, JoinHandle, Runtime};
+use corewire_transport::{Address, AnyTransport, Endpoint, EndpointConfig, Transport};
 
 use super::lossless::osd;
 use super::raw::{self, blank_addr};
-use super::{payload, runtime, stop, stretch, Harness};
+use super::{payload, runtime, stop, stretch, Harness, Recorder};
+
+/// A server OSD whose dispatch throttle holds 1 MiB of messages.
+fn server_with_1mib_budget<H: Harness>(rt: &Runtime, h: &H) -> (Messenger, Address, Arc<Recorder>) {
+    let (server, addr, srec) = osd(rt, h, 0, true, |b| {
+        b.dispatch_throttle(ThrottleLimits {
+            messages: 0,
+            bytes: 1 << 20,
+        })
+    });
+    (server, addr.unwrap(), srec)
+}
+
+/// A raw OSD client's handshake (as `nonce`) followed by `messages`, as one byte string.
+fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
+    raw::client_preamble()
+        .into_iter()
+        .chain(raw::frame(&raw::client_ident(blank_addr(nonce), 1, 0x5eed)))
+        .flat_map(|b| b.to_vec())
+        .chain(messages.into_iter().flatten())
+        .collect()
+}
+
+/// MESSAGE `seq` with `data`, on the wire.
+fn message_bytes(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> Vec<u8> {
+    raw::message(seq, tid, msg_type, Bytes::new(), data)
+        .to_wire()
+        .unwrap()
+        .concat()
+}
+
+/// A raw peer on core 0 writing `wire` 64 KiB at a time, then keeping the connection open
+/// (never reading) until told to go.
+struct RawPeer {
+    /// Bytes handed to the transport so far.
+    sent: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl RawPeer {
+    fn start<H: Harness>(rt: &Runtime, h: &H, addr: &Address, wire: Vec<u8>) -> RawPeer {
+        let wire = Bytes::from(wire);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let (kind, addr) = (h.kind(), addr.clone());
+        let (sent2, done2) = (sent.clone(), done.clone());
+        let task = rt.handle().spawn_on(0, move || async move {
+            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+            let ep = t.connect(&addr).await.unwrap();
+            let mut at = 0;
+            while at < wire.len() {
+                let end = (at + (64 << 10)).min(wire.len());
+                if ep.send(vec![wire.slice(at..end)]).await.is_err() {
+                    break;
+                }
+                at = end;
+                sent2.store(at, Ordering::Relaxed);
+            }
+            while !done2.load(Ordering::Relaxed) {
+                timer::sleep(Duration::from_millis(5)).await;
+            }
+            ep.abort();
+        });
+        RawPeer { sent, done, task }
+    }
+
+    fn finish(self, rt: &Runtime) {
+        self.done.store(true, Ordering::Relaxed);
+        rt.block_on(self.task).unwrap();
+    }
+}
 
 /// A raw OSD peer sends a 1 MiB message the server's application keeps (its share fills the
 /// 1 MiB budget), then a 60 MiB message, 64 KiB at a time. The server reads the second
@@ -28,59 +100,23 @@ use super::{payload, runtime, stop, stretch, Harness};
 pub fn announced_message_waits_for_the_throttle<H: Harness>(h: H) {
     const SECOND: usize = 60 << 20;
     let rt = runtime();
-    let (server, addr, srec) = osd(&rt, &h, 0, true, |b| {
-        b.dispatch_throttle(ThrottleLimits {
-            messages: 0,
-            bytes: 1 << 20,
-        })
-    });
-    let mut wire: Vec<u8> = raw::client_preamble()
-        .into_iter()
-        .chain(raw::frame(&raw::client_ident(blank_addr(7), 1, 0x5eed)))
-        .flat_map(|b| b.to_vec())
-        .collect();
-    // Kept by the recorder (type 2): its share stays taken.
-    wire.extend(
-        raw::message(1, 0, 2, Bytes::new(), Bytes::from(vec![7u8; 1 << 20]))
-            .to_wire()
-            .unwrap()
-            .concat(),
-    );
-    // Checked byte for byte by the recorder (type 1: seq = tid + 1) and let go.
-    wire.extend(
-        raw::message(2, 1, 1, Bytes::new(), payload(1, SECOND, 3))
-            .to_wire()
-            .unwrap()
-            .concat(),
+    let (server, addr, srec) = server_with_1mib_budget(&rt, &h);
+    let wire = session_bytes(
+        7,
+        vec![
+            // Kept by the recorder (type 2): its share stays taken.
+            message_bytes(1, 0, 2, Bytes::from(vec![7u8; 1 << 20])),
+            // Checked byte for byte by the recorder (type 1: seq = tid + 1) and let go.
+            message_bytes(2, 1, 1, payload(1, SECOND, 3)),
+        ],
     );
     let total = wire.len();
-    let wire = Bytes::from(wire);
-    let sent = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let (kind, addr) = (h.kind(), addr.unwrap());
-    let (sent2, done2) = (sent.clone(), done.clone());
-    let peer = rt.handle().spawn_on(0, move || async move {
-        let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
-        let ep = t.connect(&addr).await.unwrap();
-        let mut at = 0;
-        while at < wire.len() {
-            let end = (at + (64 << 10)).min(wire.len());
-            if ep.send(vec![wire.slice(at..end)]).await.is_err() {
-                break;
-            }
-            at = end;
-            sent2.store(at, Ordering::Relaxed);
-        }
-        while !done2.load(Ordering::Relaxed) {
-            timer::sleep(Duration::from_millis(5)).await;
-        }
-        ep.abort();
-    });
+    let peer = RawPeer::start(&rt, &h, &addr, wire);
     srec.wait_for("the first message", |s| s.msgs.len() == 1);
     std::thread::sleep(Duration::from_millis(300) * stretch());
     {
         let mut s = srec.seen.lock().unwrap();
-        let now = sent.load(Ordering::Relaxed);
+        let now = peer.sent.load(Ordering::Relaxed);
         assert!(
             now < total - SECOND / 2,
             "the server read {now} of {total} bytes past a spent budget"
@@ -93,8 +129,39 @@ pub fn announced_message_waits_for_the_throttle<H: Harness>(h: H) {
         s.count == 2 || !s.errors.is_empty()
     });
     assert!(srec.seen.lock().unwrap().errors.is_empty());
-    assert_eq!(sent.load(Ordering::Relaxed), total);
-    done.store(true, Ordering::Relaxed);
-    rt.block_on(peer).unwrap();
+    assert_eq!(peer.sent.load(Ordering::Relaxed), total);
+    peer.finish(&rt);
+    stop(rt, &[&server]);
+}
+
+/// A message frame the sender aborts (msgr2's late status) is dropped unseen, and the share
+/// taken when it was announced goes back with it: behind a 1 MiB budget, two 1 MiB messages
+/// after an aborted 1 MiB one both arrive (a share kept for the aborted frame would leave no
+/// room for either).
+pub fn aborted_message_gives_its_share_back<H: Harness>(h: H) {
+    let rt = runtime();
+    let (server, addr, srec) = server_with_1mib_budget(&rt, &h);
+    let mut aborted = message_bytes(1, 0, 2, Bytes::from(vec![1u8; 1 << 20]));
+    let at = aborted.len() - EPILOGUE_LEN;
+    aborted[at] = LATE_STATUS_ABORTED;
+    // An aborted frame takes no seq: the next message is seq 1 (type 1: checked, let go).
+    let mut messages = vec![aborted];
+    for tid in 0..2u64 {
+        messages.push(message_bytes(
+            tid + 1,
+            tid,
+            1,
+            payload(tid as usize, 1 << 20, 3),
+        ));
+    }
+    let peer = RawPeer::start(&rt, &h, &addr, session_bytes(8, messages));
+    srec.wait_for("the two messages after the aborted one", |s| {
+        s.count == 2 || !s.errors.is_empty()
+    });
+    let s = srec.seen.lock().unwrap();
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert!(s.msgs.is_empty(), "the aborted message was dispatched");
+    drop(s);
+    peer.finish(&rt);
     stop(rt, &[&server]);
 }
