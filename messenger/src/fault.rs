@@ -73,7 +73,8 @@ pub(crate) struct Faults {
 impl Faults {
     /// Called before each frame read is handled and each batch is written.
     pub(crate) fn check(&self, peer: &Address, dir: Direction, tag: Tag) -> Result<()> {
-        if self.socket_failures > 0 && next_random() % u64::from(self.socket_failures) == 0 {
+        if self.socket_failures > 0 && next_random().is_multiple_of(u64::from(self.socket_failures))
+        {
             self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(MessengerError::InjectedFault {
                 peer: peer.clone(),

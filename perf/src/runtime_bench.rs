@@ -80,7 +80,7 @@ where
         let now = Instant::now();
         let _ = h.record((now - t).as_nanos().max(1) as u64);
         n += 1;
-        if n % 64 == 0 && now - t0 >= cfg.duration {
+        if n.is_multiple_of(64) && now - t0 >= cfg.duration {
             return (n, now - t0, h);
         }
     }
@@ -368,7 +368,7 @@ pub fn tcp_pingpong(cfg: &RuntimeBenchConfig) -> io::Result<Group> {
                 let now = Instant::now();
                 let _ = h.record((now - t).as_nanos().max(1) as u64);
                 n += 1;
-                if n % 64 == 0 && now - t0 >= c.duration {
+                if n.is_multiple_of(64) && now - t0 >= c.duration {
                     return Ok((n, now - t0, h));
                 }
             }

@@ -61,9 +61,9 @@ impl Workload {
 }
 
 pub fn human(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} B")
@@ -156,7 +156,7 @@ impl Recorder {
         }
         let _ = self.hist.record((now - at).as_nanos().max(1) as u64);
         self.ops += 1;
-        if self.ops % 16 == 0 && now - self.t0 >= self.duration {
+        if self.ops.is_multiple_of(16) && now - self.t0 >= self.duration {
             let per_op = (self.wl.request_size() + self.wl.reply_size()) as u64;
             if let Some(f) = &mut self.window {
                 f(false);

@@ -475,7 +475,11 @@ fn back_pressure_reaches_try_send_and_send() {
             let mut full = false;
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                let n = if off % 3 == 0 { 40 << 10 } else { 1000 };
+                let n = if off.is_multiple_of(3) {
+                    40 << 10
+                } else {
+                    1000
+                };
                 match ep.try_send(vec![data(off, n)]) {
                     Ok(()) => off += n as u64,
                     Err((TransportError::Full { queued_bytes, .. }, bufs)) => {
@@ -1017,7 +1021,11 @@ fn child_peer() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut off = 0u64;
         while Instant::now() < deadline {
-            let n = if off % 2 == 0 { 100 << 10 } else { 3000 };
+            let n = if off.is_multiple_of(2) {
+                100 << 10
+            } else {
+                3000
+            };
             if ep.send(vec![data(off, n)]).await.is_err() {
                 break;
             }

@@ -117,7 +117,7 @@ pub fn vanishing_clients_leave_nothing_behind<H: Harness>(h: H) {
         // Even rounds: clients (a lossy session on the OSD server), each with its own nonce.
         // Odd rounds: one OSD (lossless: the server keeps its session for a reconnect),
         // restarting with a new cookie every time.
-        let (ty, nonce) = if round % 2 == 0 {
+        let (ty, nonce) = if round.is_multiple_of(2) {
             (EntityType::Client, 0x1000 + round)
         } else {
             (EntityType::Osd, 0x0bad_0000)
@@ -131,7 +131,7 @@ pub fn vanishing_clients_leave_nothing_behind<H: Harness>(h: H) {
             let exit = match (cut == CUTS - 1, round % 4 < 2) {
                 (true, true) => Exit::ReadThenAbort,
                 (true, false) => Exit::Shutdown,
-                (false, _) if (round as usize + cut) % 2 == 0 => Exit::Abort,
+                (false, _) if (round as usize + cut).is_multiple_of(2) => Exit::Abort,
                 (false, _) => Exit::Shutdown,
             };
             identified += usize::from(cut == CUTS - 1);

@@ -274,7 +274,7 @@ impl Conn {
                         _ => SendOp::SendWithImm(m.imm),
                     },
                     sges: sge.as_slice(),
-                    signaled: seq % SIGNAL_EVERY == 0 || i + 1 == n,
+                    signaled: seq.is_multiple_of(SIGNAL_EVERY) || i + 1 == n,
                     solicited: false,
                 }
             })

@@ -162,7 +162,7 @@ impl AreaWriter {
                 self.sent_to,
             ));
         }
-        if h % CHUNK_ALIGN != 0 {
+        if !h.is_multiple_of(CHUNK_ALIGN) {
             return Err(corrupt("released position alignment", h, CHUNK_ALIGN));
         }
         Ok(h)
@@ -336,7 +336,7 @@ impl AreaWriter {
     /// Copies `src` into the chunk reserved at `pos`.
     pub fn write(&self, pos: u64, src: &[u8]) {
         let off = (pos % self.cap) as usize;
-        assert!(off % 8 == 0 && off + src.len() <= self.cap as usize);
+        assert!(off.is_multiple_of(8) && off + src.len() <= self.cap as usize);
         let words = &self.area.as_slice()[off / 8..(off + src.len()).div_ceil(8)];
         store_bytes(words, src);
     }

@@ -115,7 +115,7 @@ impl Layout {
             ));
         }
         let a = self.area_len;
-        if a % PAGE != 0 || !(MIN_AREA_LEN..=MAX_REGION_LEN / 4).contains(&a) {
+        if !a.is_multiple_of(PAGE) || !(MIN_AREA_LEN..=MAX_REGION_LEN / 4).contains(&a) {
             return Err(format!(
                 "buffer area length {a} is not a multiple of {PAGE} in {MIN_AREA_LEN}..={}",
                 MAX_REGION_LEN / 4
@@ -146,7 +146,7 @@ impl Layout {
         }
         let need = self.needed();
         if self.region_len < need
-            || self.region_len % PAGE != 0
+            || !self.region_len.is_multiple_of(PAGE)
             || self.region_len > max_region.min(MAX_REGION_LEN)
         {
             return Err(format!(
@@ -217,7 +217,7 @@ impl SharedWords {
     }
 
     pub(crate) fn u32_at(&self, byte_off: usize) -> &AtomicU32 {
-        assert!(byte_off % 4 == 0 && byte_off + 4 <= self.words * 8);
+        assert!(byte_off.is_multiple_of(4) && byte_off + 4 <= self.words * 8);
         // SAFETY: in bounds and 4-aligned (checked above) within the mapping of the
         // constructor's contract; accessed only atomically.
         unsafe { &*self.ptr.cast::<u8>().add(byte_off).cast::<AtomicU32>() }

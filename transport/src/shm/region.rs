@@ -93,7 +93,7 @@ impl ShmRegion {
         check_len(len)?;
         let cname = CString::new(name).map_err(|_| RegionError::BadName)?;
         if huge {
-            if len % HUGE_PAGE_SIZE != 0 {
+            if !len.is_multiple_of(HUGE_PAGE_SIZE) {
                 tracing::warn!(
                     len,
                     "shm region {name:?}: length not a multiple of 2 MiB, using normal pages"

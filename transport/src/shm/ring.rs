@@ -168,14 +168,14 @@ impl Raw {
         if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
             return Err(RingError::BadCapacity(capacity));
         }
-        if base.is_null() || base as usize % RingLayout::ALIGN != 0 {
+        if base.is_null() || !(base as usize).is_multiple_of(RingLayout::ALIGN) {
             return Err(RingError::Misaligned(base as usize));
         }
         Ok(Raw { base, capacity })
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= RingLayout::DATA_OFFSET);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= RingLayout::DATA_OFFSET);
         // SAFETY: `off` is one of the fixed control offsets (< DATA_OFFSET,
         // 8-aligned), the base is 128-aligned (checked in `new`) and mapped for
         // our lifetime (contract of `new`). Shared memory is only accessed
@@ -372,7 +372,7 @@ impl Producer {
         if head < prev {
             return Err(corrupt("head went backwards", head, prev));
         }
-        if head % 8 != 0 {
+        if !head.is_multiple_of(8) {
             return Err(corrupt("head alignment", head, 8));
         }
         Ok(head)
@@ -701,7 +701,7 @@ impl Consumer {
         if tail - self.head > cap {
             return Err(corrupt("tail - head", tail - self.head, cap));
         }
-        if tail % 8 != 0 {
+        if !tail.is_multiple_of(8) {
             return Err(corrupt("tail alignment", tail, 8));
         }
         self.tail_cache = tail;

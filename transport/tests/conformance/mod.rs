@@ -260,7 +260,7 @@ pub fn back_pressure_against_a_slow_reader<H: Harness>(h: H) {
                 Err((e, _)) => panic!("unexpected {e}"),
             }
             queued_max = queued_max.max(ep.queued_bytes());
-            if sent % (1 << 20) == 0 {
+            if sent.is_multiple_of(1 << 20) {
                 timer::sleep(Duration::from_micros(200)).await; // let the writer run
             }
         }
