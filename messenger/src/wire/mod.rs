@@ -6,6 +6,7 @@
 //! implemented.
 
 pub mod codec;
+pub mod crc32c_fold;
 pub mod crc_cache;
 pub mod error;
 pub mod frame;
