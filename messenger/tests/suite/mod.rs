@@ -25,12 +25,14 @@ pub mod central;
 pub mod lossless;
 pub mod outq;
 pub mod raw;
+pub mod slow_peer;
 pub mod throttle_early;
 pub mod vanishing;
 pub use bad_session::*;
 pub use central::*;
 pub use lossless::*;
 pub use outq::*;
+pub use slow_peer::*;
 pub use throttle_early::*;
 pub use vanishing::*;
 
@@ -904,6 +906,7 @@ macro_rules! messenger_tests {
             stalled_peer_hits_the_idle_timeout,
             trickling_peer_hits_the_ready_timeout,
             trickling_server_hits_the_ready_timeout,
+            trickled_message_arrives_whole_beside_others,
             established_session_idle_timeout_watchdog,
             unsupported_banner_features_are_a_typed_error,
             frames_out_of_order_are_a_typed_error,

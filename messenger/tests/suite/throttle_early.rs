@@ -29,7 +29,7 @@ fn server_with_1mib_budget<H: Harness>(rt: &Runtime, h: &H) -> (Messenger, Addre
 }
 
 /// A raw OSD client's handshake (as `nonce`) followed by `messages`, as one byte string.
-fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
+pub(super) fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
     raw::client_preamble()
         .into_iter()
         .chain(raw::frame(&raw::client_ident(blank_addr(nonce), 1, 0x5eed)))
@@ -39,24 +39,48 @@ fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
 }
 
 /// MESSAGE `seq` with `data`, on the wire.
-fn message_bytes(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> Vec<u8> {
+pub(super) fn message_bytes(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> Vec<u8> {
     raw::message(seq, tid, msg_type, Bytes::new(), data)
         .to_wire()
         .unwrap()
         .concat()
 }
 
-/// A raw peer on core 0 writing `wire` 64 KiB at a time, then keeping the connection open
-/// (never reading) until told to go.
-struct RawPeer {
+/// How a [`RawPeer`] writes its bytes: the first `head` at once, then `piece` bytes at a
+/// time with `gap` between pieces.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pace {
+    pub head: usize,
+    pub piece: usize,
+    pub gap: Duration,
+}
+
+impl Pace {
+    /// 64 KiB at a time, as fast as the transport takes them.
+    pub const BULK: Pace = Pace {
+        head: 0,
+        piece: 64 << 10,
+        gap: Duration::ZERO,
+    };
+}
+
+/// A raw peer on core 0 writing `wire` at `pace`, then keeping the connection open (never
+/// reading) until told to go.
+pub(super) struct RawPeer {
     /// Bytes handed to the transport so far.
-    sent: Arc<AtomicUsize>,
+    pub sent: Arc<AtomicUsize>,
     done: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
 impl RawPeer {
-    fn start<H: Harness>(rt: &Runtime, h: &H, addr: &Address, wire: Vec<u8>) -> RawPeer {
+    pub fn start<H: Harness>(
+        rt: &Runtime,
+        h: &H,
+        addr: &Address,
+        wire: Vec<u8>,
+        pace: Pace,
+    ) -> RawPeer {
         let wire = Bytes::from(wire);
         let sent = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -67,7 +91,15 @@ impl RawPeer {
             let ep = t.connect(&addr).await.unwrap();
             let mut at = 0;
             while at < wire.len() {
-                let end = (at + (64 << 10)).min(wire.len());
+                let step = if at < pace.head {
+                    pace.head
+                } else {
+                    at + pace.piece
+                };
+                let end = step.min(wire.len());
+                if at >= pace.head && !pace.gap.is_zero() {
+                    timer::sleep(pace.gap).await;
+                }
                 if ep.send(vec![wire.slice(at..end)]).await.is_err() {
                     break;
                 }
@@ -82,7 +114,7 @@ impl RawPeer {
         RawPeer { sent, done, task }
     }
 
-    fn finish(self, rt: &Runtime) {
+    pub fn finish(self, rt: &Runtime) {
         self.done.store(true, Ordering::Relaxed);
         rt.block_on(self.task).unwrap();
     }
@@ -111,7 +143,7 @@ pub fn announced_message_waits_for_the_throttle<H: Harness>(h: H) {
         ],
     );
     let total = wire.len();
-    let peer = RawPeer::start(&rt, &h, &addr, wire);
+    let peer = RawPeer::start(&rt, &h, &addr, wire, Pace::BULK);
     srec.wait_for("the first message", |s| s.msgs.len() == 1);
     std::thread::sleep(Duration::from_millis(300) * stretch());
     {
@@ -154,7 +186,7 @@ pub fn aborted_message_gives_its_share_back<H: Harness>(h: H) {
             payload(tid as usize, 1 << 20, 3),
         ));
     }
-    let peer = RawPeer::start(&rt, &h, &addr, session_bytes(8, messages));
+    let peer = RawPeer::start(&rt, &h, &addr, session_bytes(8, messages), Pace::BULK);
     srec.wait_for("the two messages after the aborted one", |s| {
         s.count == 2 || !s.errors.is_empty()
     });
