@@ -191,20 +191,15 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Bit by bit, as the CRC is defined: the raw register update (no inversions).
+    /// crc-fast's CRC-32/ISCSI (a separate implementation; `tests/wire.rs` checks
+    /// `ceph_crc32c`, which takes this fold here, against a bitwise model of the definition).
     fn reference(seed: u32, data: &[u8]) -> u32 {
-        let mut crc = seed;
-        for &b in data {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0x82F6_3B78
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        crc
+        let mut d = crc_fast::Digest::new_with_init_state(
+            crc_fast::CrcAlgorithm::Crc32Iscsi,
+            u64::from(seed),
+        );
+        d.update(data);
+        !(d.finalize() as u32)
     }
 
     fn bytes(n: usize, mut s: u64) -> Vec<u8> {
