@@ -10,7 +10,7 @@ use bytes::Bytes;
 use corewire_messenger::Message;
 
 use super::lossless::osd;
-use super::throttle_early::{message_bytes, session_bytes, Pace, RawPeer};
+use super::throttle_early::{message_bytes, Pace, RawPeer};
 use super::{payload, runtime, send_or_wait, stop, stretch, Harness};
 
 /// A raw OSD peer trickles one 4 KiB message over about twice the server's idle timeout
@@ -26,14 +26,13 @@ pub fn trickled_message_arrives_whole_beside_others<H: Harness>(h: H) {
     let addr = addr.unwrap();
 
     let data = payload(5, 4096, 3);
-    let head = session_bytes(9, vec![]).len();
     // Type 2: kept by the recorder as it came.
-    let wire = session_bytes(9, vec![message_bytes(1, 0, 2, data.clone())]);
-    let total = wire.len();
+    let message = message_bytes(1, 0, 2, data.clone());
     let pieces = (2 * idle.as_millis() / gap.as_millis()) as usize;
-    let piece = (total - head).div_ceil(pieces);
+    let piece = message.len().div_ceil(pieces);
     let started = Instant::now();
-    let peer = RawPeer::start(&rt, &h, &addr, wire, Pace { head, piece, gap });
+    let peer = RawPeer::start(&rt, &h, &addr, 9, vec![message], Pace { piece, gap });
+    let total = peer.total;
 
     let (client, _, _) = osd(&rt, &h, 1, false, |b| b);
     let c = rt.block_on(client.connect(&addr)).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corewire_messenger::wire::frame::{EPILOGUE_LEN, LATE_STATUS_ABORTED};
+use corewire_messenger::wire::Frame;
 use corewire_messenger::{Messenger, ThrottleLimits};
 use corewire_runtime::{timer, JoinHandle, Runtime};
 use corewire_transport::{Address, AnyTransport, Endpoint, EndpointConfig, Transport};
@@ -29,7 +30,7 @@ fn server_with_1mib_budget<H: Harness>(rt: &Runtime, h: &H) -> (Messenger, Addre
 }
 
 /// A raw OSD client's handshake (as `nonce`) followed by `messages`, as one byte string.
-pub(super) fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
+fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
     raw::client_preamble()
         .into_iter()
         .chain(raw::frame(&raw::client_ident(blank_addr(nonce), 1, 0x5eed)))
@@ -46,11 +47,9 @@ pub(super) fn message_bytes(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> V
         .concat()
 }
 
-/// How a [`RawPeer`] writes its bytes: the first `head` at once, then `piece` bytes at a
-/// time with `gap` between pieces.
+/// How a [`RawPeer`] writes its messages: `piece` bytes at a time with `gap` between pieces.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Pace {
-    pub head: usize,
     pub piece: usize,
     pub gap: Duration,
 }
@@ -58,17 +57,20 @@ pub(super) struct Pace {
 impl Pace {
     /// 64 KiB at a time, as fast as the transport takes them.
     pub const BULK: Pace = Pace {
-        head: 0,
         piece: 64 << 10,
         gap: Duration::ZERO,
     };
 }
 
-/// A raw peer on core 0 writing `wire` at `pace`, then keeping the connection open (never
-/// reading) until told to go.
+/// A raw OSD peer on core 0: its handshake (as `nonce`), then, once the server's
+/// SERVER_IDENT has come back (as a msgr2 client waits for it before sending messages; over
+/// rdma the server may still be moving the connection to its core until then), `messages`
+/// at `pace`; then it keeps the connection open (reading no further) until told to go.
 pub(super) struct RawPeer {
-    /// Bytes handed to the transport so far.
+    /// Bytes handed to the transport so far, handshake included.
     pub sent: Arc<AtomicUsize>,
+    /// The handshake's and the messages' bytes.
+    pub total: usize,
     done: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -78,10 +80,13 @@ impl RawPeer {
         rt: &Runtime,
         h: &H,
         addr: &Address,
-        wire: Vec<u8>,
+        nonce: u32,
+        messages: Vec<Vec<u8>>,
         pace: Pace,
     ) -> RawPeer {
-        let wire = Bytes::from(wire);
+        let hello = Bytes::from(session_bytes(nonce, vec![]));
+        let body = Bytes::from(messages.concat());
+        let total = hello.len() + body.len();
         let sent = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let (kind, addr) = (h.kind(), addr.clone());
@@ -89,29 +94,41 @@ impl RawPeer {
         let task = rt.handle().spawn_on(0, move || async move {
             let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
             let ep = t.connect(&addr).await.unwrap();
+            ep.send(vec![hello.clone()]).await.unwrap();
+            let seen = raw::Reader::default()
+                .read(&ep, |f| matches!(f, Frame::ServerIdent(_)))
+                .await;
+            assert!(
+                matches!(seen.frames.last(), Some(Frame::ServerIdent(_))),
+                "no SERVER_IDENT: {:?}",
+                seen.frames
+            );
+            let mut done_bytes = hello.len();
+            sent2.store(done_bytes, Ordering::Relaxed);
             let mut at = 0;
-            while at < wire.len() {
-                let step = if at < pace.head {
-                    pace.head
-                } else {
-                    at + pace.piece
-                };
-                let end = step.min(wire.len());
-                if at >= pace.head && !pace.gap.is_zero() {
+            while at < body.len() {
+                if !pace.gap.is_zero() {
                     timer::sleep(pace.gap).await;
                 }
-                if ep.send(vec![wire.slice(at..end)]).await.is_err() {
+                let end = (at + pace.piece).min(body.len());
+                if ep.send(vec![body.slice(at..end)]).await.is_err() {
                     break;
                 }
+                done_bytes += end - at;
                 at = end;
-                sent2.store(at, Ordering::Relaxed);
+                sent2.store(done_bytes, Ordering::Relaxed);
             }
             while !done2.load(Ordering::Relaxed) {
                 timer::sleep(Duration::from_millis(5)).await;
             }
             ep.abort();
         });
-        RawPeer { sent, done, task }
+        RawPeer {
+            sent,
+            total,
+            done,
+            task,
+        }
     }
 
     pub fn finish(self, rt: &Runtime) {
@@ -133,17 +150,14 @@ pub fn announced_message_waits_for_the_throttle<H: Harness>(h: H) {
     const SECOND: usize = 60 << 20;
     let rt = runtime();
     let (server, addr, srec) = server_with_1mib_budget(&rt, &h);
-    let wire = session_bytes(
-        7,
-        vec![
-            // Kept by the recorder (type 2): its share stays taken.
-            message_bytes(1, 0, 2, Bytes::from(vec![7u8; 1 << 20])),
-            // Checked byte for byte by the recorder (type 1: seq = tid + 1) and let go.
-            message_bytes(2, 1, 1, payload(1, SECOND, 3)),
-        ],
-    );
-    let total = wire.len();
-    let peer = RawPeer::start(&rt, &h, &addr, wire, Pace::BULK);
+    let messages = vec![
+        // Kept by the recorder (type 2): its share stays taken.
+        message_bytes(1, 0, 2, Bytes::from(vec![7u8; 1 << 20])),
+        // Checked byte for byte by the recorder (type 1: seq = tid + 1) and let go.
+        message_bytes(2, 1, 1, payload(1, SECOND, 3)),
+    ];
+    let peer = RawPeer::start(&rt, &h, &addr, 7, messages, Pace::BULK);
+    let total = peer.total;
     srec.wait_for("the first message", |s| s.msgs.len() == 1);
     std::thread::sleep(Duration::from_millis(300) * stretch());
     {
@@ -186,7 +200,7 @@ pub fn aborted_message_gives_its_share_back<H: Harness>(h: H) {
             payload(tid as usize, 1 << 20, 3),
         ));
     }
-    let peer = RawPeer::start(&rt, &h, &addr, session_bytes(8, messages), Pace::BULK);
+    let peer = RawPeer::start(&rt, &h, &addr, 8, messages, Pace::BULK);
     srec.wait_for("the two messages after the aborted one", |s| {
         s.count == 2 || !s.errors.is_empty()
     });
