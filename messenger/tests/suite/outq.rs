@@ -233,19 +233,8 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
     let (kind, a) = (h.kind(), addr.clone());
     rt.handle()
         .spawn_on(0, move || async move {
-            use corewire_messenger::wire::Frame;
-            use corewire_transport::{AnyTransport, Endpoint, EndpointConfig, Transport};
-            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
-            let ep = t.connect(&a).await.unwrap();
-            ep.send(hello).await.unwrap();
-            let seen = raw::Reader::default()
-                .read(&ep, |f| matches!(f, Frame::ServerIdent(_)))
-                .await;
-            assert!(
-                matches!(seen.frames.last(), Some(Frame::ServerIdent(_))),
-                "{:?}",
-                seen.frames
-            );
+            use corewire_transport::Endpoint;
+            let ep = raw::connect_identified(kind, &a, hello).await;
             let mut bytes = bytes;
             while !bytes.is_empty() {
                 let rest = bytes.split_off(bytes.len().min(4096));

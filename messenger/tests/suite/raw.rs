@@ -13,7 +13,9 @@ use corewire_messenger::wire::{
 };
 use corewire_messenger::Messenger;
 use corewire_runtime::{timer, Runtime};
-use corewire_transport::{Address, AnyEndpoint, AnyTransport, Endpoint, EndpointConfig, Transport};
+use corewire_transport::{
+    Address, AnyEndpoint, AnyTransport, Endpoint, EndpointConfig, Transport, TransportKind,
+};
 
 use super::{limit, Harness};
 
@@ -212,6 +214,29 @@ pub fn exchange<H: Harness>(
 }
 
 /// Stop reading at the first frame past the handshake.
+/// Connects over `kind`, sends `hello` (a client's banner and handshake frames) and waits for
+/// SERVER_IDENT, as a msgr2 client does before it sends messages: the server may move the
+/// connection to its owning core meanwhile, which over RDMA needs a quiet peer (a peer that
+/// pipelines more than the old queue pair's receive queue gets its connection reset).
+pub async fn connect_identified(
+    kind: TransportKind,
+    addr: &Address,
+    hello: Vec<Bytes>,
+) -> AnyEndpoint {
+    let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
+    let ep = t.connect(addr).await.unwrap();
+    ep.send(hello).await.unwrap();
+    let seen = Reader::default()
+        .read(&ep, |f| matches!(f, Frame::ServerIdent(_)))
+        .await;
+    assert!(
+        matches!(seen.frames.last(), Some(Frame::ServerIdent(_))),
+        "no SERVER_IDENT: {:?}",
+        seen.frames
+    );
+    ep
+}
+
 pub fn first(_: &Frame) -> bool {
     true
 }

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corewire_messenger::wire::frame::{EPILOGUE_LEN, LATE_STATUS_ABORTED};
-use corewire_messenger::wire::Frame;
 use corewire_messenger::{Messenger, ThrottleLimits};
 use corewire_runtime::{timer, JoinHandle, Runtime};
-use corewire_transport::{Address, AnyTransport, Endpoint, EndpointConfig, Transport};
+use corewire_transport::{Address, Endpoint};
 
 use super::lossless::osd;
 use super::raw::{self, blank_addr};
@@ -92,17 +91,7 @@ impl RawPeer {
         let (kind, addr) = (h.kind(), addr.clone());
         let (sent2, done2) = (sent.clone(), done.clone());
         let task = rt.handle().spawn_on(0, move || async move {
-            let t = AnyTransport::for_kind(kind, EndpointConfig::default()).unwrap();
-            let ep = t.connect(&addr).await.unwrap();
-            ep.send(vec![hello.clone()]).await.unwrap();
-            let seen = raw::Reader::default()
-                .read(&ep, |f| matches!(f, Frame::ServerIdent(_)))
-                .await;
-            assert!(
-                matches!(seen.frames.last(), Some(Frame::ServerIdent(_))),
-                "no SERVER_IDENT: {:?}",
-                seen.frames
-            );
+            let ep = raw::connect_identified(kind, &addr, vec![hello.clone()]).await;
             let mut done_bytes = hello.len();
             sent2.store(done_bytes, Ordering::Relaxed);
             let mut at = 0;
