@@ -72,23 +72,11 @@ pub fn crc32c(seed: u32, data: &[u8]) -> Option<u32> {
     }
 }
 
-/// Whether this CPU takes the fold: detected once, then one relaxed load.
+/// Whether this CPU takes the fold: detected once, then one load.
 #[inline]
 pub fn available() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match STATE.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            let yes = detect();
-            STATE.store(if yes { YES } else { NO }, Ordering::Relaxed);
-            yes
-        }
-    }
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -140,8 +140,7 @@ pub fn peer_vanishing_after_wait_does_not_hang<H: Harness>(h: H) {
             .unwrap();
     }
     // The raw client claims to be that peer: the server's own attempt wins, WAIT.
-    let mut bytes = raw::client_preamble();
-    bytes.extend(raw::frame(&raw::client_ident(praw, 1, 0x5eed)));
+    let bytes = raw::client_hello(praw, 0x5eed);
     let saddr = server.my_addr().unwrap().clone();
     let seen = raw::exchange(&rt, &h, &saddr, bytes, first);
     assert!(

@@ -206,12 +206,7 @@ pub fn keepalive_flood_keeps_the_queue_small<H: Harness>(h: H) {
     let rt = runtime();
     let rec = Recorder::new();
     let (server, addr) = server(&rt, &h, vec![rec.clone()], super::limit());
-    let mut hello = raw::client_preamble();
-    hello.extend(raw::frame(&raw::client_ident(
-        raw::blank_addr(0x4b1d),
-        1,
-        77,
-    )));
+    let hello = raw::client_hello(raw::blank_addr(0x4b1d), 77);
     let mut bytes = Vec::new();
     for i in 0..FLOOD {
         bytes.extend(raw::frame(&Keepalive2 {

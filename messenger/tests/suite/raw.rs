@@ -64,6 +64,14 @@ pub fn client_preamble() -> Vec<Bytes> {
     out
 }
 
+/// A client's whole handshake as an OSD at `addr`: [`client_preamble`], then a first
+/// CLIENT_IDENT (global seq 1) with `cookie`.
+pub fn client_hello(addr: EntityAddr, cookie: u64) -> Vec<Bytes> {
+    let mut out = client_preamble();
+    out.extend(frame(&client_ident(addr, 1, cookie)));
+    out
+}
+
 /// MESSAGE `seq` of a raw session (type `msg_type`, acking nothing), as a messenger frames it.
 pub fn message(seq: u64, tid: u64, msg_type: u16, front: Bytes, data: Bytes) -> MessageFrame {
     MessageFrame {
@@ -213,7 +221,6 @@ pub fn exchange<H: Harness>(
     .unwrap()
 }
 
-/// Stop reading at the first frame past the handshake.
 /// Connects over `kind`, sends `hello` (a client's banner and handshake frames) and waits for
 /// SERVER_IDENT, as a msgr2 client does before it sends messages: the server may move the
 /// connection to its owning core meanwhile, which over RDMA needs a quiet peer (a peer that
@@ -237,6 +244,7 @@ pub async fn connect_identified(
     ep
 }
 
+/// Stop reading at the first frame past the handshake.
 pub fn first(_: &Frame) -> bool {
     true
 }

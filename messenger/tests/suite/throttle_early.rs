@@ -28,16 +28,6 @@ fn server_with_1mib_budget<H: Harness>(rt: &Runtime, h: &H) -> (Messenger, Addre
     (server, addr.unwrap(), srec)
 }
 
-/// A raw OSD client's handshake (as `nonce`) followed by `messages`, as one byte string.
-fn session_bytes(nonce: u32, messages: Vec<Vec<u8>>) -> Vec<u8> {
-    raw::client_preamble()
-        .into_iter()
-        .chain(raw::frame(&raw::client_ident(blank_addr(nonce), 1, 0x5eed)))
-        .flat_map(|b| b.to_vec())
-        .chain(messages.into_iter().flatten())
-        .collect()
-}
-
 /// MESSAGE `seq` with `data`, on the wire.
 pub(super) fn message_bytes(seq: u64, tid: u64, msg_type: u16, data: Bytes) -> Vec<u8> {
     raw::message(seq, tid, msg_type, Bytes::new(), data)
@@ -83,16 +73,17 @@ impl RawPeer {
         messages: Vec<Vec<u8>>,
         pace: Pace,
     ) -> RawPeer {
-        let hello = Bytes::from(session_bytes(nonce, vec![]));
+        let hello = raw::client_hello(blank_addr(nonce), 0x5eed);
+        let hello_len: usize = hello.iter().map(Bytes::len).sum();
         let body = Bytes::from(messages.concat());
-        let total = hello.len() + body.len();
+        let total = hello_len + body.len();
         let sent = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let (kind, addr) = (h.kind(), addr.clone());
         let (sent2, done2) = (sent.clone(), done.clone());
         let task = rt.handle().spawn_on(0, move || async move {
-            let ep = raw::connect_identified(kind, &addr, vec![hello.clone()]).await;
-            let mut done_bytes = hello.len();
+            let ep = raw::connect_identified(kind, &addr, hello).await;
+            let mut done_bytes = hello_len;
             sent2.store(done_bytes, Ordering::Relaxed);
             let mut at = 0;
             while at < body.len() {
